@@ -1,0 +1,90 @@
+//! What the core hands back to its driver after each batch of inputs.
+//!
+//! The driver's contract, in this order:
+//! 1. write every record in `persist` and make it durable (one fsync for all);
+//! 2. only then send `messages` (a promise or an accept must not reach the
+//!    network before it is durable);
+//! 3. apply `apply` to the state machine, in order;
+//! 4. handle `events`.
+
+use crate::message::Envelope;
+use crate::types::{Ballot, Entry, NodeId, RequestId, Slot};
+use serde::{Deserialize, Serialize};
+
+/// One durable fact about this replica's acceptor or learner state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PersistRecord {
+    /// The acceptor promised never to accept below this ballot.
+    Promised(Ballot),
+    /// The acceptor accepted `entry` for `slot` at `ballot`.
+    Accepted {
+        slot: Slot,
+        ballot: Ballot,
+        entry: Entry,
+    },
+    /// `slot` is chosen. `entry` is `None` when the chosen value is the one
+    /// this replica accepted last for the slot (saves writing it twice).
+    Chosen { slot: Slot, entry: Option<Entry> },
+}
+
+impl PersistRecord {
+    pub fn slot(&self) -> Option<Slot> {
+        match self {
+            PersistRecord::Promised(_) => None,
+            PersistRecord::Accepted { slot, .. } | PersistRecord::Chosen { slot, .. } => Some(*slot),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// This replica is not the leader (or stopped being it) before the
+    /// proposal got a slot. It was not chosen; retrying elsewhere is safe.
+    NotLeader,
+    /// The slot this proposal was placed in was chosen with another value.
+    /// Retrying with the same request id is safe (the state machine dedups).
+    Lost,
+    /// Too many proposals are queued.
+    Overloaded,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadFailure {
+    NotLeader,
+    Overloaded,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Leadership as this replica now sees it.
+    LeaderChanged {
+        leader: Option<NodeId>,
+        ballot: Ballot,
+    },
+    /// A proposal submitted here will not be chosen through this replica.
+    ProposalDropped { id: RequestId, reason: DropReason },
+    /// A linearizable read may proceed once `read_index` is applied.
+    ReadReady { read_id: u64, read_index: Slot },
+    ReadFailed { read_id: u64, reason: ReadFailure },
+    /// The slots this replica needs were compacted on `from`: install its
+    /// snapshot (covering every slot below some point >= `log_start`), then
+    /// call `Replica::install_snapshot`.
+    SnapshotNeeded { from: NodeId, log_start: Slot },
+}
+
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub persist: Vec<PersistRecord>,
+    pub messages: Vec<Envelope>,
+    pub apply: Vec<(Slot, Entry)>,
+    pub events: Vec<Event>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.apply.is_empty()
+            && self.events.is_empty()
+    }
+}
