@@ -94,7 +94,10 @@ pub enum Message {
     ReadIndexRequest { read_id: u64 },
     /// The leader's answer: once the asker has applied `read_index`, its state
     /// reflects every write acknowledged before the read began.
-    ReadIndexReply { read_id: u64, read_index: Option<Slot> },
+    ReadIndexReply {
+        read_id: u64,
+        read_index: Option<Slot>,
+    },
 }
 
 impl Message {

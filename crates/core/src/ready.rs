@@ -31,7 +31,9 @@ impl PersistRecord {
     pub fn slot(&self) -> Option<Slot> {
         match self {
             PersistRecord::Promised(_) => None,
-            PersistRecord::Accepted { slot, .. } | PersistRecord::Chosen { slot, .. } => Some(*slot),
+            PersistRecord::Accepted { slot, .. } | PersistRecord::Chosen { slot, .. } => {
+                Some(*slot)
+            }
         }
     }
 }
@@ -62,14 +64,26 @@ pub enum Event {
         ballot: Ballot,
     },
     /// A proposal submitted here will not be chosen through this replica.
-    ProposalDropped { id: RequestId, reason: DropReason },
+    ProposalDropped {
+        id: RequestId,
+        reason: DropReason,
+    },
     /// A linearizable read may proceed once `read_index` is applied.
-    ReadReady { read_id: u64, read_index: Slot },
-    ReadFailed { read_id: u64, reason: ReadFailure },
+    ReadReady {
+        read_id: u64,
+        read_index: Slot,
+    },
+    ReadFailed {
+        read_id: u64,
+        reason: ReadFailure,
+    },
     /// The slots this replica needs were compacted on `from`: install its
     /// snapshot (covering every slot below some point >= `log_start`), then
     /// call `Replica::install_snapshot`.
-    SnapshotNeeded { from: NodeId, log_start: Slot },
+    SnapshotNeeded {
+        from: NodeId,
+        log_start: Slot,
+    },
 }
 
 #[derive(Debug, Default)]

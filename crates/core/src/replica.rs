@@ -1,12 +1,1799 @@
-//! (being written)
-#[derive(Clone, Debug, Default)]
-pub struct Config;
-#[derive(Clone, Debug, Default)]
-pub struct Bugs;
+//! One replica of the Multi-Paxos log: acceptor, learner and (when elected)
+//! the stable leader, as a pure state machine.
+//!
+//! Inputs: [`Replica::step`] (a peer message), [`Replica::tick`] (time),
+//! [`Replica::propose`] and [`Replica::read_index`] (clients). Output: the
+//! [`Ready`] returned by [`Replica::ready`], which the driver must persist,
+//! then send, then apply (see `ready.rs`).
+
+use crate::durable::DurableState;
+use crate::message::{AcceptedValue, Envelope, Message};
+use crate::ready::{DropReason, Event, PersistRecord, ReadFailure, Ready};
+use crate::rng::SplitMix64;
+use crate::types::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Tunables. Times are in ticks; the driver decides how long a tick is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Number of replicas; ids are `0..cluster_size`. At most 64.
+    pub cluster_size: u32,
+    /// A leader sends a heartbeat (carrying the commit index) this often.
+    pub heartbeat_interval_ticks: u64,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_ticks, 2 * election_timeout_ticks)` runs Phase 1.
+    pub election_timeout_ticks: u64,
+    /// At most this many slots past the chosen prefix may be in flight.
+    pub max_inflight_slots: u64,
+    /// Client proposals queued at the leader, waiting for a slot.
+    pub max_pending_proposals: usize,
+    /// Entries per Accept or CatchUpReply message.
+    pub max_entries_per_message: usize,
+    /// Bytes of entries per Accept or CatchUpReply message (soft bound).
+    pub max_bytes_per_message: usize,
+    /// Linearizable reads waiting for a leadership confirmation round.
+    pub max_pending_reads: usize,
+    /// Deliberately broken variants, for proving the simulator's checkers.
+    pub bugs: Bugs,
+}
+
+impl Config {
+    pub fn new(id: NodeId, cluster_size: u32) -> Config {
+        Config {
+            id,
+            cluster_size,
+            heartbeat_interval_ticks: 5,
+            election_timeout_ticks: 50,
+            max_inflight_slots: 512,
+            max_pending_proposals: 50_000,
+            max_entries_per_message: 1024,
+            max_bytes_per_message: 4 << 20,
+            max_pending_reads: 50_000,
+            bugs: Bugs::default(),
+        }
+    }
+}
+
+/// Test-only switches that break the protocol on purpose. Every field off is
+/// the correct protocol; the simulator's tests turn one on and assert that a
+/// checker reports a violation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Phase 1 and Phase 2 succeed with a single vote.
+    pub quorum_of_one: bool,
+    /// A new leader ignores values its peers accepted and fills with no-ops.
+    pub ignore_promised_values: bool,
+    /// A new leader fills holes with an invented command instead of a no-op.
+    pub invent_values: bool,
+    /// Never emit this slot for application.
+    pub skip_apply_slot: Option<u64>,
+    /// No catch-up, neither pulled nor pushed.
+    pub no_catch_up: bool,
+    /// Record local invariant violations instead of panicking (set whenever
+    /// a bug is injected, also from outside the core, e.g. a lossy disk).
+    pub record_violations: bool,
+}
+
+impl Bugs {
+    fn any(&self) -> bool {
+        *self != Bugs::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// No leader is known; retry later or elsewhere.
+    NoLeader,
+    /// Too much work queued; retry later.
+    Overloaded,
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NoLeader => write!(f, "no leader is known"),
+            ProposeError::Overloaded => write!(f, "too many requests are queued"),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// Where a proposal went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued at this replica, which leads.
+    Queued,
+    /// Forwarded to the leader.
+    Forwarded(NodeId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerReport {
+    pub id: NodeId,
+    /// Ticks since this leader last heard the peer (leader only).
+    pub last_heard_ticks_ago: Option<u64>,
+    /// The peer's chosen prefix as last reported to this replica.
+    pub chosen_upto: Slot,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StatusReport {
+    pub id: NodeId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub promised: Ballot,
+    pub leader_ballot: Option<Ballot>,
+    pub log_start: Slot,
+    pub chosen_upto: Slot,
+    pub applied_upto: Slot,
+    pub next_slot: Option<Slot>,
+    pub pending_proposals: usize,
+    pub inflight_slots: usize,
+    pub peers: Vec<PeerReport>,
+}
+
+#[derive(Clone, Debug)]
+struct LogSlot {
+    /// Ballot of the last accept (meaningless once chosen through catch-up).
+    ballot: Ballot,
+    entry: Entry,
+    chosen: bool,
+}
+
+#[derive(Clone, Debug)]
+struct PromiseInfo {
+    log_start: Slot,
+    accepted: Vec<AcceptedValue>,
+}
+
 #[derive(Debug)]
-pub enum ProposeError {}
+struct Candidate {
+    ballot: Ballot,
+    granted: BTreeMap<NodeId, PromiseInfo>,
+    refused: BTreeSet<NodeId>,
+    last_prepare_tick: u64,
+}
+
 #[derive(Debug)]
-pub enum Role {}
+struct Inflight {
+    /// Bit i set: replica i accepted this slot at the leader's ballot.
+    acks: u64,
+    sent_tick: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PeerProgress {
+    last_heard_tick: Option<u64>,
+    chosen_upto: Slot,
+    last_push_tick: Option<u64>,
+    acked_read_round: u64,
+}
+
 #[derive(Debug)]
-pub struct StatusReport;
-pub struct Replica;
+struct PendingRead {
+    read_id: u64,
+    /// `None`: a read at this replica; `Some(n)`: forwarded by follower n.
+    origin: Option<NodeId>,
+    read_index: Slot,
+    round: u64,
+}
+
+#[derive(Debug)]
+struct Leader {
+    ballot: Ballot,
+    next_slot: Slot,
+    /// Every slot below this was inherited from Phase 1; reads must wait for it.
+    inherited_upto: Slot,
+    pending: VecDeque<Proposal>,
+    inflight: BTreeMap<Slot, Inflight>,
+    peers: Vec<PeerProgress>,
+    elected_tick: u64,
+    last_heartbeat_tick: u64,
+    commit_sent: Slot,
+    read_round_started: u64,
+    reads: VecDeque<PendingRead>,
+}
+
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+pub struct Replica {
+    cfg: Config,
+    rng: SplitMix64,
+    now_tick: u64,
+
+    // Acceptor (durable).
+    promised: Ballot,
+    /// Highest ballot seen anywhere; a new candidacy goes above it.
+    highest_seen: Ballot,
+    log: BTreeMap<Slot, LogSlot>,
+
+    // Learner.
+    log_start: Slot,
+    chosen_upto: Slot,
+    applied_upto: Slot,
+
+    // Leadership as seen from here.
+    role: RoleState,
+    leader: Option<(NodeId, Ballot)>,
+    last_leader_contact_tick: u64,
+    election_deadline_tick: u64,
+
+    // Catch-up: the best-known peer ahead of us, and when we last asked.
+    catch_up_source: Option<(NodeId, Slot)>,
+    catch_up_asked_tick: Option<u64>,
+    snapshot_asked_tick: Option<u64>,
+
+    /// Proposals this replica placed in slots as leader, until those slots
+    /// are chosen: if another value wins, the client is told.
+    placed: BTreeMap<Slot, RequestId>,
+    forward_buffer: Vec<Proposal>,
+    /// Invariant violations seen locally (only with `bugs` on; otherwise a
+    /// violation panics).
+    violations: Vec<String>,
+    out: Ready,
+}
+
+fn bit(node: NodeId) -> u64 {
+    1u64 << node.0
+}
+
+impl Replica {
+    /// Builds a replica from its durable state (empty for a new replica).
+    /// The driver must already have restored the state machine from the
+    /// snapshot covering every slot below `durable.log_start`; the first
+    /// `ready()` re-applies the chosen entries after it.
+    pub fn new(cfg: Config, durable: DurableState, seed: u64) -> Replica {
+        assert!(
+            (1..=64).contains(&cfg.cluster_size),
+            "cluster size must be 1..=64"
+        );
+        assert!(cfg.id.0 < cfg.cluster_size, "node id outside the cluster");
+        assert!(cfg.heartbeat_interval_ticks >= 1 && cfg.election_timeout_ticks >= 2);
+        let mut log = BTreeMap::new();
+        for (slot, (ballot, entry)) in durable.accepted {
+            log.insert(
+                slot,
+                LogSlot {
+                    ballot,
+                    entry,
+                    chosen: false,
+                },
+            );
+        }
+        for (slot, entry) in durable.chosen {
+            let ballot = log.get(&slot).map_or(Ballot::ZERO, |s: &LogSlot| s.ballot);
+            log.insert(
+                slot,
+                LogSlot {
+                    ballot,
+                    entry,
+                    chosen: true,
+                },
+            );
+        }
+        let mut replica = Replica {
+            rng: SplitMix64::new(seed ^ (u64::from(cfg.id.0) << 32)),
+            now_tick: 0,
+            promised: durable.promised,
+            highest_seen: durable.promised,
+            log,
+            log_start: durable.log_start,
+            chosen_upto: durable.log_start,
+            applied_upto: durable.log_start,
+            role: RoleState::Follower,
+            leader: None,
+            last_leader_contact_tick: 0,
+            election_deadline_tick: 0,
+            catch_up_source: None,
+            catch_up_asked_tick: None,
+            snapshot_asked_tick: None,
+            placed: BTreeMap::new(),
+            forward_buffer: Vec::new(),
+            violations: Vec::new(),
+            out: Ready::default(),
+            cfg,
+        };
+        replica.reset_election_timer(0);
+        replica.advance_chosen();
+        replica
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    pub fn log_start(&self) -> Slot {
+        self.log_start
+    }
+
+    /// Every slot below this is chosen and known here.
+    pub fn chosen_upto(&self) -> Slot {
+        self.chosen_upto
+    }
+
+    /// Every slot below this has been handed out for application.
+    pub fn applied_upto(&self) -> Slot {
+        self.applied_upto
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::Candidate(_) => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.map(|(node, _)| node)
+    }
+
+    /// The chosen value of `slot`, if known and not compacted.
+    pub fn chosen_entry(&self, slot: Slot) -> Option<&Entry> {
+        self.log.get(&slot).filter(|s| s.chosen).map(|s| &s.entry)
+    }
+
+    /// Chosen slots known here (including any beyond the contiguous prefix).
+    pub fn chosen_entries(&self) -> impl Iterator<Item = (Slot, &Entry)> {
+        self.log
+            .iter()
+            .filter(|(_, s)| s.chosen)
+            .map(|(slot, s)| (*slot, &s.entry))
+    }
+
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let (next_slot, pending, inflight, leader_ballot) = match &self.role {
+            RoleState::Leader(l) => (
+                Some(l.next_slot),
+                l.pending.len(),
+                l.inflight.len(),
+                Some(l.ballot),
+            ),
+            _ => (None, 0, 0, self.leader.map(|(_, b)| b)),
+        };
+        let peers = self
+            .peer_ids()
+            .map(|id| {
+                let progress = match &self.role {
+                    RoleState::Leader(l) => l.peers[id.0 as usize].clone(),
+                    _ => PeerProgress::default(),
+                };
+                PeerReport {
+                    id,
+                    last_heard_ticks_ago: progress.last_heard_tick.map(|t| self.now_tick - t),
+                    chosen_upto: progress.chosen_upto,
+                }
+            })
+            .collect();
+        StatusReport {
+            id: self.cfg.id,
+            role: self.role(),
+            leader: self.leader(),
+            promised: self.promised,
+            leader_ballot,
+            log_start: self.log_start,
+            chosen_upto: self.chosen_upto,
+            applied_upto: self.applied_upto,
+            next_slot,
+            pending_proposals: pending,
+            inflight_slots: inflight,
+            peers,
+        }
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// Hands over everything produced since the last call. Batches queued
+    /// proposals into slots first, so many client commands share one Accept
+    /// message and one fsync.
+    pub fn ready(&mut self) -> Ready {
+        self.flush_proposals();
+        self.flush_forwards();
+        self.flush_reads();
+        self.flush_commit();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Submits a client command. As leader it is queued for the next slot;
+    /// as a follower that knows the leader it is forwarded there. Either way
+    /// the outcome arrives as the entry being applied, or as a
+    /// `ProposalDropped` event here (or, for a forward lost in transit,
+    /// never: the driver needs a timeout and may retry with the same id).
+    pub fn propose(&mut self, proposal: Proposal) -> Result<Submitted, ProposeError> {
+        let me = self.cfg.id;
+        let max_pending = self.cfg.max_pending_proposals;
+        match &mut self.role {
+            RoleState::Leader(l) => {
+                if l.pending.len() >= max_pending {
+                    return Err(ProposeError::Overloaded);
+                }
+                l.pending.push_back(proposal);
+                Ok(Submitted::Queued)
+            }
+            _ => match self.leader {
+                Some((leader, _)) if leader != me => {
+                    if self.forward_buffer.len() >= max_pending {
+                        return Err(ProposeError::Overloaded);
+                    }
+                    self.forward_buffer.push(proposal);
+                    Ok(Submitted::Forwarded(leader))
+                }
+                _ => Err(ProposeError::NoLeader),
+            },
+        }
+    }
+
+    /// Starts a linearizable read. `Event::ReadReady { read_id, read_index }`
+    /// follows once a quorum confirmed the leader; the read may then be served
+    /// from the local state machine as soon as `read_index` is applied here.
+    pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
+        let max_reads = self.cfg.max_pending_reads;
+        match &mut self.role {
+            RoleState::Leader(l) => {
+                if l.reads.len() >= max_reads {
+                    return Err(ProposeError::Overloaded);
+                }
+                let read_index = self.chosen_upto.max(l.inherited_upto);
+                l.reads.push_back(PendingRead {
+                    read_id,
+                    origin: None,
+                    read_index,
+                    round: l.read_round_started + 1,
+                });
+                Ok(())
+            }
+            _ => match self.leader {
+                Some((leader, _)) if leader != self.cfg.id => {
+                    self.send(leader, Message::ReadIndexRequest { read_id });
+                    Ok(())
+                }
+                _ => Err(ProposeError::NoLeader),
+            },
+        }
+    }
+
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        self.now_tick += 1;
+        let now = self.now_tick;
+        let hb = self.cfg.heartbeat_interval_ticks;
+        match &mut self.role {
+            RoleState::Follower => {
+                if now >= self.election_deadline_tick {
+                    self.start_election();
+                }
+            }
+            RoleState::Candidate(c) => {
+                if now >= self.election_deadline_tick {
+                    self.start_election();
+                } else if now - c.last_prepare_tick >= hb {
+                    // Prepares or promises may have been lost: ask again.
+                    c.last_prepare_tick = now;
+                    let ballot = c.ballot;
+                    let me = self.cfg.id;
+                    let silent: Vec<NodeId> = (0..self.cfg.cluster_size)
+                        .map(NodeId)
+                        .filter(|p| {
+                            *p != me && !c.granted.contains_key(p) && !c.refused.contains(p)
+                        })
+                        .collect();
+                    for peer in silent {
+                        self.send(
+                            peer,
+                            Message::Prepare {
+                                ballot,
+                                from_slot: self.chosen_upto,
+                                chosen_upto: self.chosen_upto,
+                            },
+                        );
+                    }
+                }
+            }
+            RoleState::Leader(_) => self.leader_tick(),
+        }
+        self.maybe_pull_catch_up();
+    }
+
+    /// Processes one message from a peer.
+    pub fn step(&mut self, from: NodeId, message: Message) {
+        if from == self.cfg.id || from.0 >= self.cfg.cluster_size {
+            return;
+        }
+        match message {
+            Message::Prepare {
+                ballot,
+                from_slot,
+                chosen_upto,
+            } => {
+                self.note_peer_progress(from, chosen_upto);
+                self.on_prepare(from, ballot, from_slot);
+            }
+            Message::Promise {
+                ballot,
+                log_start,
+                chosen_upto,
+                accepted,
+            } => {
+                self.note_peer_progress(from, chosen_upto);
+                self.on_promise(from, ballot, log_start, accepted);
+            }
+            Message::Accept {
+                ballot,
+                first_slot,
+                entries,
+                commit_upto,
+            } => self.on_accept(from, ballot, first_slot, entries, commit_upto),
+            Message::Accepted {
+                ballot,
+                first_slot,
+                end_slot,
+                chosen_upto,
+            } => self.on_accepted(from, ballot, first_slot, end_slot, chosen_upto),
+            Message::Reject {
+                ballot,
+                promised,
+                chosen_upto,
+            } => {
+                self.note_peer_progress(from, chosen_upto);
+                self.on_reject(from, ballot, promised);
+            }
+            Message::Heartbeat {
+                ballot,
+                commit_upto,
+                read_round,
+            } => self.on_heartbeat(from, ballot, commit_upto, read_round),
+            Message::HeartbeatAck {
+                ballot,
+                chosen_upto,
+                heard_commit_upto,
+                read_round,
+            } => self.on_heartbeat_ack(from, ballot, chosen_upto, heard_commit_upto, read_round),
+            Message::CatchUpRequest {
+                from_slot,
+                max_entries,
+            } => self.on_catch_up_request(from, from_slot, max_entries),
+            Message::CatchUpReply {
+                first_slot,
+                entries,
+                chosen_upto,
+            } => self.on_catch_up_reply(from, first_slot, entries, chosen_upto),
+            Message::SnapshotRequired { log_start } => self.on_snapshot_required(from, log_start),
+            Message::Forward { proposals } => {
+                for proposal in proposals {
+                    // A forward that arrives after leadership moved is dropped:
+                    // re-forwarding could loop. The origin's timeout retries
+                    // with the same request id.
+                    let _ = self.propose_here_only(proposal);
+                }
+            }
+            Message::ReadIndexRequest { read_id } => self.on_read_index_request(from, read_id),
+            Message::ReadIndexReply {
+                read_id,
+                read_index,
+            } => {
+                let event = match read_index {
+                    Some(read_index) => Event::ReadReady {
+                        read_id,
+                        read_index,
+                    },
+                    None => Event::ReadFailed {
+                        read_id,
+                        reason: ReadFailure::NotLeader,
+                    },
+                };
+                self.out.events.push(event);
+            }
+        }
+    }
+
+    /// The driver took a snapshot of the state machine covering every slot
+    /// below `upto` and made it durable: forget the log below it.
+    pub fn compact(&mut self, upto: Slot) {
+        let upto = upto.min(self.applied_upto);
+        if upto <= self.log_start {
+            return;
+        }
+        self.log = self.log.split_off(&upto);
+        self.log_start = upto;
+    }
+
+    /// The driver installed (durably) a snapshot from a peer covering every
+    /// slot below `upto`, and restored the state machine from it. Returns
+    /// false (and changes nothing) if the snapshot is not ahead of us.
+    pub fn install_snapshot(&mut self, upto: Slot) -> bool {
+        self.snapshot_asked_tick = None;
+        if upto <= self.applied_upto {
+            return false;
+        }
+        self.log = self.log.split_off(&upto);
+        for (slot, id) in std::mem::take(&mut self.placed) {
+            if slot < upto {
+                // Its outcome is inside the snapshot: let the client retry
+                // with the same id; the dedup table answers.
+                self.out.events.push(Event::ProposalDropped {
+                    id,
+                    reason: DropReason::Lost,
+                });
+            } else {
+                self.placed.insert(slot, id);
+            }
+        }
+        self.log_start = upto;
+        self.chosen_upto = self.chosen_upto.max(upto);
+        self.applied_upto = upto;
+        self.advance_chosen();
+        true
+    }
+
+    // ----- acceptor --------------------------------------------------------
+
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
+        self.highest_seen = self.highest_seen.max(ballot);
+        if ballot < self.promised || (ballot > self.promised && self.hears_live_leader(from)) {
+            // Below our promise, or we still hear a live leader and will not
+            // help depose it (leader stickiness).
+            self.send(
+                from,
+                Message::Reject {
+                    ballot,
+                    promised: self.promised,
+                    chosen_upto: self.chosen_upto,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+            // A candidate we promised to: stand down and give it time.
+            self.become_follower(None);
+        }
+        let start = from_slot.max(self.log_start);
+        let accepted = self
+            .log
+            .range(start..)
+            .map(|(slot, s)| AcceptedValue {
+                slot: *slot,
+                ballot: s.ballot,
+                entry: s.entry.clone(),
+                chosen: s.chosen,
+            })
+            .collect();
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                log_start: self.log_start,
+                chosen_upto: self.chosen_upto,
+                accepted,
+            },
+        );
+    }
+
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        entries: Vec<Entry>,
+        commit_upto: Slot,
+    ) {
+        self.highest_seen = self.highest_seen.max(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Reject {
+                    ballot,
+                    promised: self.promised,
+                    chosen_upto: self.chosen_upto,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            // Only a proposer that won Phase 1 at `ballot` sends Accept.
+            self.raise_promise(ballot);
+        }
+        self.follow(from, ballot);
+        let count = entries.len() as u64;
+        for (offset, entry) in entries.into_iter().enumerate() {
+            let slot = Slot(first_slot.0 + offset as u64);
+            if slot < self.log_start {
+                continue;
+            }
+            match self.log.get_mut(&slot) {
+                Some(existing) if existing.chosen => {
+                    if existing.entry != entry {
+                        let msg = format!(
+                            "{}: accept for chosen slot {slot} carries another value",
+                            self.cfg.id
+                        );
+                        self.violation(msg);
+                    }
+                }
+                Some(existing) if existing.ballot == ballot && existing.entry == entry => {}
+                _ => {
+                    self.log.insert(
+                        slot,
+                        LogSlot {
+                            ballot,
+                            entry: entry.clone(),
+                            chosen: false,
+                        },
+                    );
+                    self.out.persist.push(PersistRecord::Accepted {
+                        slot,
+                        ballot,
+                        entry,
+                    });
+                }
+            }
+        }
+        self.learn_commit(from, ballot, commit_upto);
+        self.send(
+            from,
+            Message::Accepted {
+                ballot,
+                first_slot,
+                end_slot: Slot(first_slot.0 + count),
+                chosen_upto: self.chosen_upto,
+            },
+        );
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_upto: Slot, read_round: u64) {
+        self.highest_seen = self.highest_seen.max(ballot);
+        if ballot < self.promised {
+            self.send(
+                from,
+                Message::Reject {
+                    ballot,
+                    promised: self.promised,
+                    chosen_upto: self.chosen_upto,
+                },
+            );
+            return;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+        }
+        self.follow(from, ballot);
+        self.learn_commit(from, ballot, commit_upto);
+        self.send(
+            from,
+            Message::HeartbeatAck {
+                ballot,
+                chosen_upto: self.chosen_upto,
+                heard_commit_upto: commit_upto,
+                read_round,
+            },
+        );
+    }
+
+    fn raise_promise(&mut self, ballot: Ballot) {
+        assert!(ballot > self.promised, "promises never go down");
+        self.promised = ballot;
+        self.out.persist.push(PersistRecord::Promised(ballot));
+    }
+
+    /// Do we hear a leader other than `candidate` recently enough that a
+    /// prepare from `candidate` would only disrupt it?
+    fn hears_live_leader(&self, candidate: NodeId) -> bool {
+        let recent = self.now_tick.saturating_sub(self.last_leader_contact_tick)
+            < self.cfg.election_timeout_ticks;
+        match &self.role {
+            RoleState::Leader(l) => self.leader_hears_quorum(l),
+            _ => matches!(self.leader, Some((leader, _)) if leader != candidate) && recent,
+        }
+    }
+
+    // ----- learner ---------------------------------------------------------
+
+    /// The leader at `ballot` says every slot below `commit_upto` is chosen.
+    /// Any slot we accepted at that same ballot holds the chosen value.
+    fn learn_commit(&mut self, leader: NodeId, ballot: Ballot, commit_upto: Slot) {
+        if commit_upto <= self.chosen_upto {
+            return;
+        }
+        let newly: Vec<Slot> = self
+            .log
+            .range(self.chosen_upto..commit_upto)
+            .filter(|(_, s)| !s.chosen && s.ballot == ballot)
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in newly {
+            self.mark_chosen(slot, None);
+        }
+        self.advance_chosen();
+        self.note_peer_progress(leader, commit_upto);
+    }
+
+    /// Records that `slot` is chosen. `value` is `None` when the chosen value
+    /// is the one in our log (we accepted it at the choosing ballot).
+    fn mark_chosen(&mut self, slot: Slot, value: Option<Entry>) {
+        if slot < self.log_start {
+            return;
+        }
+        let me = self.cfg.id;
+        let record = match (self.log.get_mut(&slot), value) {
+            (Some(existing), value) if existing.chosen => {
+                if let Some(value) = value {
+                    if value != existing.entry {
+                        let msg = format!("{me}: slot {slot} chosen with two different values");
+                        self.violation(msg);
+                    }
+                }
+                return;
+            }
+            (Some(existing), None) => {
+                existing.chosen = true;
+                PersistRecord::Chosen { slot, entry: None }
+            }
+            (Some(existing), Some(value)) => {
+                existing.chosen = true;
+                if existing.entry == value {
+                    PersistRecord::Chosen { slot, entry: None }
+                } else {
+                    existing.entry = value.clone();
+                    PersistRecord::Chosen {
+                        slot,
+                        entry: Some(value),
+                    }
+                }
+            }
+            (None, Some(value)) => {
+                self.log.insert(
+                    slot,
+                    LogSlot {
+                        ballot: Ballot::ZERO,
+                        entry: value.clone(),
+                        chosen: true,
+                    },
+                );
+                PersistRecord::Chosen {
+                    slot,
+                    entry: Some(value),
+                }
+            }
+            (None, None) => {
+                let msg = format!("{me}: slot {slot} marked chosen without a value");
+                self.violation(msg);
+                return;
+            }
+        };
+        self.out.persist.push(record);
+        if let Some(id) = self.placed.remove(&slot) {
+            let chosen_id = self.log.get(&slot).and_then(|s| s.entry.request_id());
+            if chosen_id != Some(id) {
+                self.out.events.push(Event::ProposalDropped {
+                    id,
+                    reason: DropReason::Lost,
+                });
+            }
+        }
+    }
+
+    /// Extends the contiguous chosen prefix and hands new entries out for
+    /// application, strictly in slot order.
+    fn advance_chosen(&mut self) {
+        while self.log.get(&self.chosen_upto).is_some_and(|s| s.chosen) {
+            self.chosen_upto = self.chosen_upto.next();
+        }
+        while self.applied_upto < self.chosen_upto {
+            let slot = self.applied_upto;
+            if let Some(s) = self.log.get(&slot) {
+                if self.cfg.bugs.skip_apply_slot != Some(slot.0) {
+                    self.out.apply.push((slot, s.entry.clone()));
+                }
+            }
+            self.applied_upto = slot.next();
+        }
+    }
+
+    fn violation(&mut self, message: String) {
+        if self.cfg.bugs.any() {
+            if self.violations.len() < 100 {
+                self.violations.push(message);
+            }
+        } else {
+            panic!("invariant violated: {message}");
+        }
+    }
+
+    // ----- catch-up --------------------------------------------------------
+
+    fn note_peer_progress(&mut self, peer: NodeId, their_chosen_upto: Slot) {
+        if their_chosen_upto <= self.chosen_upto {
+            return;
+        }
+        let better = match self.catch_up_source {
+            Some((_, best)) => their_chosen_upto > best || best <= self.chosen_upto,
+            None => true,
+        };
+        if better {
+            self.catch_up_source = Some((peer, their_chosen_upto));
+        }
+    }
+
+    /// A peer knows more chosen slots than we do and nothing came in for a
+    /// while: ask it (any single peer suffices: what is chosen is final).
+    fn maybe_pull_catch_up(&mut self) {
+        if self.cfg.bugs.no_catch_up {
+            return;
+        }
+        let Some((peer, their_upto)) = self.catch_up_source else {
+            return;
+        };
+        if their_upto <= self.chosen_upto {
+            self.catch_up_source = None;
+            return;
+        }
+        let wait = 2 * self.cfg.heartbeat_interval_ticks;
+        if self
+            .catch_up_asked_tick
+            .is_some_and(|t| self.now_tick - t < wait)
+        {
+            return;
+        }
+        self.request_catch_up(peer);
+    }
+
+    fn request_catch_up(&mut self, peer: NodeId) {
+        self.catch_up_asked_tick = Some(self.now_tick);
+        let max_entries = self.cfg.max_entries_per_message as u32;
+        self.send(
+            peer,
+            Message::CatchUpRequest {
+                from_slot: self.chosen_upto,
+                max_entries,
+            },
+        );
+    }
+
+    fn on_catch_up_request(&mut self, from: NodeId, from_slot: Slot, max_entries: u32) {
+        if self.cfg.bugs.no_catch_up {
+            return;
+        }
+        self.send_chosen_from(from, from_slot, max_entries as usize);
+    }
+
+    /// Sends `to` the chosen values from `from_slot` on (or tells it to fetch
+    /// a snapshot if they were compacted).
+    fn send_chosen_from(&mut self, to: NodeId, from_slot: Slot, max_entries: usize) {
+        if from_slot < self.log_start {
+            self.send(
+                to,
+                Message::SnapshotRequired {
+                    log_start: self.log_start,
+                },
+            );
+            return;
+        }
+        let max_entries = max_entries.min(self.cfg.max_entries_per_message);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut slot = from_slot;
+        while slot < self.chosen_upto && entries.len() < max_entries {
+            let Some(s) = self.log.get(&slot) else { break };
+            bytes += s.entry.size_bytes();
+            entries.push(s.entry.clone());
+            slot = slot.next();
+            if bytes >= self.cfg.max_bytes_per_message {
+                break;
+            }
+        }
+        if entries.is_empty() {
+            return;
+        }
+        self.send(
+            to,
+            Message::CatchUpReply {
+                first_slot: from_slot,
+                entries,
+                chosen_upto: self.chosen_upto,
+            },
+        );
+    }
+
+    fn on_catch_up_reply(
+        &mut self,
+        from: NodeId,
+        first_slot: Slot,
+        entries: Vec<Entry>,
+        their_chosen_upto: Slot,
+    ) {
+        let before = self.chosen_upto;
+        for (offset, entry) in entries.into_iter().enumerate() {
+            let slot = Slot(first_slot.0 + offset as u64);
+            if slot >= self.chosen_upto {
+                self.mark_chosen(slot, Some(entry));
+            }
+        }
+        self.advance_chosen();
+        self.note_peer_progress(from, their_chosen_upto);
+        if self.chosen_upto > before {
+            self.catch_up_asked_tick = None;
+            if their_chosen_upto > self.chosen_upto && !self.cfg.bugs.no_catch_up {
+                // More to come: keep the pipe full.
+                self.request_catch_up(from);
+            }
+        }
+    }
+
+    fn on_snapshot_required(&mut self, from: NodeId, log_start: Slot) {
+        if log_start <= self.chosen_upto {
+            return;
+        }
+        let wait = 4 * self.cfg.election_timeout_ticks;
+        if self
+            .snapshot_asked_tick
+            .is_some_and(|t| self.now_tick - t < wait)
+        {
+            return;
+        }
+        self.snapshot_asked_tick = Some(self.now_tick);
+        self.out
+            .events
+            .push(Event::SnapshotNeeded { from, log_start });
+    }
+
+    // ----- election --------------------------------------------------------
+
+    fn reset_election_timer(&mut self, extra_backoff_ticks: u64) {
+        let t = self.cfg.election_timeout_ticks;
+        self.election_deadline_tick =
+            self.now_tick + self.rng.range(t, 2 * t) + extra_backoff_ticks;
+    }
+
+    fn start_election(&mut self) {
+        let ballot = self
+            .promised
+            .max(self.highest_seen)
+            .successor_for(self.cfg.id);
+        self.highest_seen = ballot;
+        if self.leader.is_some() {
+            self.leader = None;
+            self.out.events.push(Event::LeaderChanged {
+                leader: None,
+                ballot: self.promised,
+            });
+        }
+        self.role = RoleState::Candidate(Candidate {
+            ballot,
+            granted: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            last_prepare_tick: self.now_tick,
+        });
+        self.reset_election_timer(0);
+        // The candidate promises itself only once a quorum of peers granted:
+        // a node that merely lost touch with a live leader must not raise its
+        // own promise and then refuse that leader's accepts.
+        for peer in self.peer_ids().collect::<Vec<_>>() {
+            self.send(
+                peer,
+                Message::Prepare {
+                    ballot,
+                    from_slot: self.chosen_upto,
+                    chosen_upto: self.chosen_upto,
+                },
+            );
+        }
+        self.maybe_win_election();
+    }
+
+    fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        log_start: Slot,
+        accepted: Vec<AcceptedValue>,
+    ) {
+        let RoleState::Candidate(c) = &mut self.role else {
+            return;
+        };
+        if c.ballot != ballot {
+            return;
+        }
+        c.granted.insert(
+            from,
+            PromiseInfo {
+                log_start,
+                accepted,
+            },
+        );
+        self.maybe_win_election();
+    }
+
+    fn quorum(&self) -> usize {
+        if self.cfg.bugs.quorum_of_one {
+            1
+        } else {
+            self.cfg.cluster_size as usize / 2 + 1
+        }
+    }
+
+    fn maybe_win_election(&mut self) {
+        let quorum = self.quorum();
+        let RoleState::Candidate(c) = &self.role else {
+            return;
+        };
+        if c.granted.len() + 1 < quorum {
+            return;
+        }
+        let ballot = c.ballot;
+        if self.promised > ballot {
+            // We promised someone higher meanwhile: this candidacy is dead.
+            self.become_follower(None);
+            return;
+        }
+        if self.promised < ballot {
+            self.raise_promise(ballot);
+        }
+        let RoleState::Candidate(c) = std::mem::replace(&mut self.role, RoleState::Follower) else {
+            return;
+        };
+        self.become_leader(ballot, c.granted);
+    }
+
+    fn become_leader(&mut self, ballot: Ballot, promises: BTreeMap<NodeId, PromiseInfo>) {
+        // Learn what peers already know is chosen.
+        for info in promises.values() {
+            for value in &info.accepted {
+                if value.chosen && value.slot >= self.chosen_upto {
+                    self.mark_chosen(value.slot, Some(value.entry.clone()));
+                }
+            }
+        }
+        self.advance_chosen();
+        // Slots below a peer's log_start are chosen and compacted there; we
+        // learn them from its snapshot and do not propose in them.
+        let mut start = self.chosen_upto;
+        for (peer, info) in &promises {
+            if info.log_start > start {
+                start = info.log_start;
+                if info.log_start > self.chosen_upto {
+                    self.out.events.push(Event::SnapshotNeeded {
+                        from: *peer,
+                        log_start: info.log_start,
+                    });
+                    self.snapshot_asked_tick = Some(self.now_tick);
+                }
+            }
+        }
+        // For each slot from `start`, the value with the highest accepted
+        // ballot among the quorum (our own log included); holes get no-ops.
+        let mut best: BTreeMap<Slot, (Ballot, Entry)> = BTreeMap::new();
+        for (slot, s) in self.log.range(start..) {
+            best.insert(*slot, (s.ballot, s.entry.clone()));
+        }
+        if !self.cfg.bugs.ignore_promised_values {
+            for info in promises.values() {
+                for value in &info.accepted {
+                    if value.slot < start {
+                        continue;
+                    }
+                    let newer = best.get(&value.slot).is_none_or(|(b, _)| value.ballot > *b);
+                    let known_chosen = self.log.get(&value.slot).is_some_and(|s| s.chosen);
+                    if newer && !known_chosen {
+                        best.insert(value.slot, (value.ballot, value.entry.clone()));
+                    }
+                }
+            }
+        }
+        let end = best
+            .keys()
+            .next_back()
+            .map_or(start, |s| s.next())
+            .max(start);
+        let me = self.cfg.id;
+        let mut leader = Leader {
+            ballot,
+            next_slot: end,
+            inherited_upto: end,
+            pending: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            peers: vec![PeerProgress::default(); self.cfg.cluster_size as usize],
+            elected_tick: self.now_tick,
+            last_heartbeat_tick: self.now_tick,
+            commit_sent: Slot::ZERO,
+            read_round_started: 0,
+            reads: VecDeque::new(),
+        };
+        for peer in promises.keys() {
+            leader.peers[peer.0 as usize].last_heard_tick = Some(self.now_tick);
+        }
+        for slot in start.until(end) {
+            let already_chosen = self.log.get(&slot).is_some_and(|s| s.chosen);
+            let entry = if already_chosen {
+                self.log
+                    .get(&slot)
+                    .map(|s| s.entry.clone())
+                    .unwrap_or(Entry::Noop)
+            } else {
+                match best.remove(&slot) {
+                    Some((_, entry)) => entry,
+                    None if self.cfg.bugs.invent_values => Entry::Command {
+                        id: RequestId {
+                            client_id: u64::MAX,
+                            seq: slot.0,
+                        },
+                        payload: bytes::Bytes::from_static(b"invented"),
+                    },
+                    None => Entry::Noop,
+                }
+            };
+            // Re-propose at our ballot (chosen values too, so followers can
+            // learn them from the commit index).
+            let unchanged = self
+                .log
+                .get(&slot)
+                .is_some_and(|s| s.ballot == ballot && s.entry == entry);
+            if !unchanged {
+                if let Some(s) = self.log.get_mut(&slot) {
+                    s.ballot = ballot;
+                    if !s.chosen {
+                        s.entry = entry.clone();
+                    }
+                } else {
+                    self.log.insert(
+                        slot,
+                        LogSlot {
+                            ballot,
+                            entry: entry.clone(),
+                            chosen: false,
+                        },
+                    );
+                }
+                self.out.persist.push(PersistRecord::Accepted {
+                    slot,
+                    ballot,
+                    entry,
+                });
+            }
+            if !already_chosen {
+                leader.inflight.insert(
+                    slot,
+                    Inflight {
+                        acks: bit(me),
+                        sent_tick: self.now_tick,
+                    },
+                );
+            }
+        }
+        self.role = RoleState::Leader(leader);
+        self.leader = Some((me, ballot));
+        self.out.events.push(Event::LeaderChanged {
+            leader: Some(me),
+            ballot,
+        });
+        for peer in self.peer_ids().collect::<Vec<_>>() {
+            self.send_accepts(peer, start, end);
+            self.send_heartbeat(peer, ballot, 0);
+        }
+        self.check_quorum_of_inflight();
+    }
+
+    fn on_reject(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
+        self.highest_seen = self.highest_seen.max(promised);
+        let quorum = self.quorum();
+        let size = self.cfg.cluster_size as usize;
+        let t = self.cfg.election_timeout_ticks;
+        match &mut self.role {
+            RoleState::Candidate(c) if c.ballot == ballot => {
+                c.refused.insert(from);
+                let cannot_win = promised > ballot || c.refused.len() > size - quorum;
+                if cannot_win {
+                    // Preempted or refused: back off a random while so
+                    // dueling proposers do not livelock.
+                    let backoff = self.rng.range(0, t);
+                    self.become_follower(None);
+                    self.reset_election_timer(backoff);
+                }
+            }
+            RoleState::Leader(l) if l.ballot == ballot && promised > ballot => {
+                let backoff = self.rng.range(0, t);
+                self.become_follower(None);
+                self.reset_election_timer(backoff);
+            }
+            _ => {}
+        }
+    }
+
+    /// A leader at `ballot` spoke to us: follow it.
+    fn follow(&mut self, leader: NodeId, ballot: Ballot) {
+        self.last_leader_contact_tick = self.now_tick;
+        if self.leader != Some((leader, ballot)) || !matches!(self.role, RoleState::Follower) {
+            self.become_follower(Some((leader, ballot)));
+        }
+        self.reset_election_timer(0);
+    }
+
+    fn become_follower(&mut self, leader: Option<(NodeId, Ballot)>) {
+        let old = std::mem::replace(&mut self.role, RoleState::Follower);
+        if let RoleState::Leader(l) = old {
+            for proposal in l.pending {
+                self.out.events.push(Event::ProposalDropped {
+                    id: proposal.id,
+                    reason: DropReason::NotLeader,
+                });
+            }
+            for read in l.reads {
+                match read.origin {
+                    None => self.out.events.push(Event::ReadFailed {
+                        read_id: read.read_id,
+                        reason: ReadFailure::NotLeader,
+                    }),
+                    Some(origin) => self.send(
+                        origin,
+                        Message::ReadIndexReply {
+                            read_id: read.read_id,
+                            read_index: None,
+                        },
+                    ),
+                }
+            }
+        }
+        if self.leader != leader {
+            self.leader = leader;
+            self.out.events.push(Event::LeaderChanged {
+                leader: leader.map(|(n, _)| n),
+                ballot: leader.map_or(self.promised, |(_, b)| b),
+            });
+        }
+        if leader.is_none() {
+            self.reset_election_timer(0);
+        }
+    }
+
+    // ----- leader ----------------------------------------------------------
+
+    fn leader_hears_quorum(&self, l: &Leader) -> bool {
+        let t = self.cfg.election_timeout_ticks;
+        if self.now_tick - l.elected_tick < t {
+            return true;
+        }
+        let heard = l
+            .peers
+            .iter()
+            .filter(|p| p.last_heard_tick.is_some_and(|h| self.now_tick - h < t))
+            .count();
+        heard + 1 >= self.quorum()
+    }
+
+    fn leader_tick(&mut self) {
+        let now = self.now_tick;
+        let hb = self.cfg.heartbeat_interval_ticks;
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if !self.leader_hears_quorum(l) {
+            // Cut off from a majority: stop pretending to lead.
+            self.become_follower(None);
+            return;
+        }
+        if now - l.last_heartbeat_tick >= hb {
+            self.broadcast_heartbeat();
+        }
+        // Retransmit accepts a peer has not acknowledged in a while.
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let mut resend: Vec<(NodeId, Slot)> = Vec::new();
+        for (slot, inflight) in l.inflight.iter_mut() {
+            if now - inflight.sent_tick >= 2 * hb {
+                inflight.sent_tick = now;
+                for peer in 0..self.cfg.cluster_size {
+                    if inflight.acks & (1 << peer) == 0 {
+                        resend.push((NodeId(peer), *slot));
+                    }
+                }
+            }
+        }
+        resend.sort();
+        let mut i = 0;
+        while i < resend.len() {
+            let (peer, first) = resend[i];
+            let mut end = first.next();
+            i += 1;
+            while i < resend.len() && resend[i] == (peer, end) {
+                end = end.next();
+                i += 1;
+            }
+            self.send_accepts(peer, first, end);
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.last_heartbeat_tick = self.now_tick;
+        l.commit_sent = self.chosen_upto;
+        let (ballot, round) = (l.ballot, l.read_round_started);
+        for peer in self.peer_ids().collect::<Vec<_>>() {
+            self.send_heartbeat(peer, ballot, round);
+        }
+    }
+
+    fn send_heartbeat(&mut self, peer: NodeId, ballot: Ballot, read_round: u64) {
+        self.send(
+            peer,
+            Message::Heartbeat {
+                ballot,
+                commit_upto: self.chosen_upto,
+                read_round,
+            },
+        );
+    }
+
+    /// Sends Accept messages for `first..end` of our log to `peer`, in runs
+    /// bounded by the message limits.
+    fn send_accepts(&mut self, peer: NodeId, first: Slot, end: Slot) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let mut slot = first;
+        while slot < end {
+            let run_first = slot;
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            while slot < end
+                && entries.len() < self.cfg.max_entries_per_message
+                && bytes < self.cfg.max_bytes_per_message
+            {
+                let Some(s) = self.log.get(&slot) else { break };
+                bytes += s.entry.size_bytes();
+                entries.push(s.entry.clone());
+                slot = slot.next();
+            }
+            if entries.is_empty() {
+                // Compacted or missing: the peer will catch up instead.
+                slot = slot.next();
+                continue;
+            }
+            self.send(
+                peer,
+                Message::Accept {
+                    ballot,
+                    first_slot: run_first,
+                    entries,
+                    commit_upto: self.chosen_upto,
+                },
+            );
+        }
+    }
+
+    /// Assigns queued proposals to slots, within the in-flight window.
+    fn flush_proposals(&mut self) {
+        let me = self.cfg.id;
+        let window_end = Slot(self.chosen_upto.0 + self.cfg.max_inflight_slots);
+        let now = self.now_tick;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let first = l.next_slot;
+        let ballot = l.ballot;
+        while l.next_slot < window_end {
+            let Some(proposal) = l.pending.pop_front() else {
+                break;
+            };
+            let slot = l.next_slot;
+            l.next_slot = slot.next();
+            self.placed.insert(slot, proposal.id);
+            let entry = proposal.into_entry();
+            self.log.insert(
+                slot,
+                LogSlot {
+                    ballot,
+                    entry: entry.clone(),
+                    chosen: false,
+                },
+            );
+            self.out.persist.push(PersistRecord::Accepted {
+                slot,
+                ballot,
+                entry,
+            });
+            l.inflight.insert(
+                slot,
+                Inflight {
+                    acks: bit(me),
+                    sent_tick: now,
+                },
+            );
+        }
+        let end = l.next_slot;
+        if end > first {
+            l.commit_sent = self.chosen_upto;
+            for peer in self.peer_ids().collect::<Vec<_>>() {
+                self.send_accepts(peer, first, end);
+            }
+            self.check_quorum_of_inflight();
+        }
+    }
+
+    /// With a quorum of one (a single-replica cluster), our own accept chooses.
+    fn check_quorum_of_inflight(&mut self) {
+        if self.quorum() > 1 {
+            return;
+        }
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let slots: Vec<Slot> = std::mem::take(&mut l.inflight).into_keys().collect();
+        for slot in slots {
+            self.mark_chosen(slot, None);
+        }
+        self.advance_chosen();
+    }
+
+    /// Tells followers promptly when the chosen prefix moved and no Accept
+    /// carried it, so they apply without waiting for the next heartbeat.
+    fn flush_commit(&mut self) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if l.commit_sent < self.chosen_upto {
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn on_accepted(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        end_slot: Slot,
+        their_chosen_upto: Slot,
+    ) {
+        self.note_peer_progress(from, their_chosen_upto);
+        let quorum = self.quorum();
+        let now = self.now_tick;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        let progress = &mut l.peers[from.0 as usize];
+        progress.last_heard_tick = Some(now);
+        progress.chosen_upto = progress.chosen_upto.max(their_chosen_upto);
+        let mut newly = Vec::new();
+        for (slot, inflight) in l.inflight.range_mut(first_slot..end_slot) {
+            inflight.acks |= bit(from);
+            if inflight.acks.count_ones() as usize >= quorum {
+                newly.push(*slot);
+            }
+        }
+        for slot in &newly {
+            l.inflight.remove(slot);
+        }
+        for slot in newly {
+            self.mark_chosen(slot, None);
+        }
+        self.advance_chosen();
+        self.check_reads();
+    }
+
+    fn on_heartbeat_ack(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        their_chosen_upto: Slot,
+        heard_commit_upto: Slot,
+        read_round: u64,
+    ) {
+        let now = self.now_tick;
+        let hb = self.cfg.heartbeat_interval_ticks;
+        let no_catch_up = self.cfg.bugs.no_catch_up;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        let progress = &mut l.peers[from.0 as usize];
+        progress.last_heard_tick = Some(now);
+        progress.chosen_upto = progress.chosen_upto.max(their_chosen_upto);
+        progress.acked_read_round = progress.acked_read_round.max(read_round);
+        // The follower heard our commit index but could not advance to it: it
+        // lacks values. Push them (at most once per heartbeat interval).
+        let lagging = their_chosen_upto < heard_commit_upto;
+        let may_push = progress.last_push_tick.is_none_or(|t| now - t >= hb);
+        if lagging && may_push && !no_catch_up {
+            progress.last_push_tick = Some(now);
+            self.send_chosen_from(from, their_chosen_upto, self.cfg.max_entries_per_message);
+        }
+        self.check_reads();
+    }
+
+    // ----- reads -----------------------------------------------------------
+
+    fn on_read_index_request(&mut self, from: NodeId, read_id: u64) {
+        let max_reads = self.cfg.max_pending_reads;
+        match &mut self.role {
+            RoleState::Leader(l) if l.reads.len() < max_reads => {
+                let read_index = self.chosen_upto.max(l.inherited_upto);
+                l.reads.push_back(PendingRead {
+                    read_id,
+                    origin: Some(from),
+                    read_index,
+                    round: l.read_round_started + 1,
+                });
+            }
+            _ => self.send(
+                from,
+                Message::ReadIndexReply {
+                    read_id,
+                    read_index: None,
+                },
+            ),
+        }
+    }
+
+    /// Starts a confirmation round if reads wait for one.
+    fn flush_reads(&mut self) {
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let waiting = l
+            .reads
+            .back()
+            .is_some_and(|r| r.round > l.read_round_started);
+        if waiting {
+            l.read_round_started += 1;
+            self.broadcast_heartbeat();
+        }
+        self.check_reads();
+    }
+
+    /// Releases reads whose round a quorum acknowledged at our ballot.
+    fn check_reads(&mut self) {
+        let quorum = self.quorum();
+        let me = self.cfg.id;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        let mut released = Vec::new();
+        while let Some(read) = l.reads.front() {
+            let acks = l
+                .peers
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| *i as u32 != me.0 && p.acked_read_round >= read.round)
+                .count();
+            if acks + 1 < quorum || read.round > l.read_round_started {
+                break;
+            }
+            if let Some(read) = l.reads.pop_front() {
+                released.push(read);
+            }
+        }
+        for read in released {
+            match read.origin {
+                None => self.out.events.push(Event::ReadReady {
+                    read_id: read.read_id,
+                    read_index: read.read_index,
+                }),
+                Some(origin) => self.send(
+                    origin,
+                    Message::ReadIndexReply {
+                        read_id: read.read_id,
+                        read_index: Some(read.read_index),
+                    },
+                ),
+            }
+        }
+    }
+
+    // ----- plumbing --------------------------------------------------------
+
+    /// Like `propose`, but never forwards (for proposals that were forwarded
+    /// to us already).
+    fn propose_here_only(&mut self, proposal: Proposal) -> Result<(), ProposeError> {
+        let max_pending = self.cfg.max_pending_proposals;
+        match &mut self.role {
+            RoleState::Leader(l) if l.pending.len() < max_pending => {
+                l.pending.push_back(proposal);
+                Ok(())
+            }
+            RoleState::Leader(_) => Err(ProposeError::Overloaded),
+            _ => Err(ProposeError::NoLeader),
+        }
+    }
+
+    fn flush_forwards(&mut self) {
+        if self.forward_buffer.is_empty() {
+            return;
+        }
+        let proposals = std::mem::take(&mut self.forward_buffer);
+        match self.leader {
+            Some((leader, _)) if leader != self.cfg.id => {
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                for proposal in proposals {
+                    bytes += proposal.payload.len() + 16;
+                    batch.push(proposal);
+                    if batch.len() >= self.cfg.max_entries_per_message
+                        || bytes >= self.cfg.max_bytes_per_message
+                    {
+                        self.send(
+                            leader,
+                            Message::Forward {
+                                proposals: std::mem::take(&mut batch),
+                            },
+                        );
+                        bytes = 0;
+                    }
+                }
+                if !batch.is_empty() {
+                    self.send(leader, Message::Forward { proposals: batch });
+                }
+            }
+            Some(_) => {
+                // We became leader meanwhile: queue them here.
+                for proposal in proposals {
+                    let id = proposal.id;
+                    if self.propose_here_only(proposal).is_err() {
+                        self.out.events.push(Event::ProposalDropped {
+                            id,
+                            reason: DropReason::Overloaded,
+                        });
+                    }
+                }
+            }
+            None => {
+                for proposal in proposals {
+                    self.out.events.push(Event::ProposalDropped {
+                        id: proposal.id,
+                        reason: DropReason::NotLeader,
+                    });
+                }
+            }
+        }
+    }
+
+    fn peer_ids(&self) -> impl Iterator<Item = NodeId> + 'static {
+        let me = self.cfg.id;
+        (0..self.cfg.cluster_size)
+            .map(NodeId)
+            .filter(move |n| *n != me)
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.out.messages.push(Envelope {
+            from: self.cfg.id,
+            to,
+            message,
+        });
+    }
+}

@@ -1,1 +1,34 @@
-//! placeholder
+//! paxlog-kv: the replicated database behind the log.
+//!
+//! * [`parse_statement`]: the seed's Python-statement command language
+//!   (`li = []`, `li += [1, 2]`, `del li`), parsed, never evaluated.
+//! * [`KvCommand`]: what a log entry's payload means (postcard-encoded).
+//! * [`KvStore`]: the deterministic [`paxlog_core::StateMachine`], with an
+//!   exactly-once dedup table inside the replicated state.
+
+mod command;
+mod error;
+mod output;
+mod parser;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{validate_key, validate_value, KvCommand};
+pub use error::KvError;
+pub use output::{ApplyOutput, ApplyResult, ErrorKind};
+pub use parser::{parse_statement, parse_value, ParseError, Statement};
+pub use store::{KvOptions, KvStore, DEFAULT_DEDUP_WINDOW_SLOTS, SNAPSHOT_VERSION};
+
+/// Size and shape limits, enforced before proposing and again at apply time.
+pub mod limits {
+    /// Longest key / statement name, in bytes (keys must also be non-empty).
+    pub const MAX_KEY_BYTES: usize = 1024;
+    /// Largest value, measured as its compact JSON encoding, in bytes.
+    pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+    /// Longest `Exec` statement source, in bytes.
+    pub const MAX_STATEMENT_BYTES: usize = 64 * 1024;
+    /// Deepest nesting of lists/dicts inside one value.
+    pub const MAX_DEPTH: usize = 64;
+}

@@ -1,1 +1,744 @@
-//! placeholder
+//! A deterministic cluster simulator for paxlog-core.
+//!
+//! It runs whole clusters of the real [`Replica`] with a seeded network (delay,
+//! drop, duplicate, reorder, partitions), crashes and restarts over a
+//! simulated disk (unsynced writes are lost; a crash can tear a batch), and
+//! clients that retry. Checkers named after the protocol's properties run as
+//! it goes and at the end. One seed replays one run exactly.
+
+mod checker;
+mod disk;
+mod network;
+mod state_machine;
+
+pub use checker::Checker;
+use disk::SimDisk;
+use network::{Network, Partition};
+use paxlog_core::rng::SplitMix64;
+use paxlog_core::{
+    Bugs, Config, DurableState, Envelope, Event, Message, NodeId, PersistRecord, Proposal, Replica,
+    RequestId, Slot, StateMachine,
+};
+use state_machine::SimStateMachine;
+
+/// Fault rates for one run. Drawn per seed (swarm testing): some seeds are
+/// calm, some brutal.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub drop_per_mille: u64,
+    pub duplicate_per_mille: u64,
+    pub max_delay_ticks: u64,
+    /// Chance per tick (per 100k) that a partition starts.
+    pub partition_per_100k: u64,
+    /// Chance per tick (per 100k) that a replica crashes.
+    pub crash_per_100k: u64,
+    /// Chance (per mille) that a crash happens in the middle of a write.
+    pub torn_write_per_mille: u64,
+    /// A replica snapshots and compacts every this many applied slots.
+    pub snapshot_every_slots: u64,
+}
+
+impl Faults {
+    pub fn calm() -> Faults {
+        Faults {
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+            max_delay_ticks: 1,
+            partition_per_100k: 0,
+            crash_per_100k: 0,
+            torn_write_per_mille: 0,
+            snapshot_every_slots: 1_000_000,
+        }
+    }
+
+    pub fn draw(rng: &mut SplitMix64) -> Faults {
+        let pick = |rng: &mut SplitMix64, options: &[u64]| {
+            options[rng.range(0, options.len() as u64) as usize]
+        };
+        Faults {
+            drop_per_mille: pick(rng, &[0, 0, 5, 20, 100, 250]),
+            duplicate_per_mille: pick(rng, &[0, 0, 10, 50, 200]),
+            max_delay_ticks: pick(rng, &[1, 2, 5, 10, 30]),
+            partition_per_100k: pick(rng, &[0, 50, 200, 1000]),
+            crash_per_100k: pick(rng, &[0, 50, 200, 600]),
+            torn_write_per_mille: pick(rng, &[0, 100, 500]),
+            snapshot_every_slots: pick(rng, &[10, 25, 100, 1_000_000]),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub nodes: u32,
+    pub clients: usize,
+    /// Ticks with faults and new client commands.
+    pub fault_ticks: u64,
+    /// After faults stop, everything must converge within this many ticks.
+    pub liveness_ticks: u64,
+    pub faults: Faults,
+    pub bugs: Bugs,
+    /// Simulator-level bug: a restarted replica forgets its promise.
+    pub forget_promise_on_restart: bool,
+    /// Simulator-level bug: a restarted replica loses its whole log.
+    pub lose_log_on_restart: bool,
+}
+
+impl SimOptions {
+    /// The options a seed stands for: cluster size and faults drawn from it.
+    pub fn from_seed(seed: u64) -> SimOptions {
+        let mut rng = SplitMix64::new(seed ^ 0x005E_ED0F_FA17);
+        let nodes = if rng.chance(1, 3) { 5 } else { 3 };
+        SimOptions {
+            seed,
+            nodes,
+            clients: rng.range(1, 6) as usize,
+            fault_ticks: 1500,
+            liveness_ticks: 4000,
+            faults: Faults::draw(&mut rng),
+            bugs: Bugs::default(),
+            forget_promise_on_restart: false,
+            lose_log_on_restart: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FaultCounts {
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub partitions: u64,
+    pub crashes: u64,
+    pub torn_writes: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    pub nodes: u32,
+    pub ticks: u64,
+    pub steps: u64,
+    pub committed: u64,
+    pub slots: u64,
+    pub leader_changes: u64,
+    pub faults: FaultCounts,
+    pub violations: Vec<String>,
+}
+
+impl SimReport {
+    pub fn replay_command(&self) -> String {
+        format!("cargo run --release -p paxlog-sim -- --seed {}", self.seed)
+    }
+}
+
+struct SimNode {
+    replica: Option<Replica>,
+    disk: SimDisk,
+    sm: SimStateMachine,
+    down_until: u64,
+    incarnation: u64,
+    /// The highest promise this replica has reported in memory since boot.
+    last_promised_seen: paxlog_core::Ballot,
+    last_snapshot_slot: Slot,
+}
+
+#[derive(Clone, Debug)]
+enum ClientState {
+    Idle { next_tick: u64 },
+    Waiting { node: NodeId, deadline_tick: u64 },
+}
+
+struct SimClient {
+    client_id: u64,
+    seq: u64,
+    /// The request being worked on, until acknowledged.
+    current: Option<Proposal>,
+    state: ClientState,
+}
+
+pub struct Simulation {
+    options: SimOptions,
+    rng: SplitMix64,
+    now_tick: u64,
+    nodes: Vec<SimNode>,
+    network: Network,
+    clients: Vec<SimClient>,
+    checker: Checker,
+    faults: FaultCounts,
+    steps: u64,
+    leader_changes: u64,
+    partition_until: u64,
+}
+
+const CLIENT_TIMEOUT_TICKS: u64 = 150;
+
+impl Simulation {
+    pub fn new(options: SimOptions) -> Simulation {
+        let mut rng = SplitMix64::new(options.seed);
+        let nodes = (0..options.nodes)
+            .map(|i| {
+                let mut node = SimNode {
+                    replica: None,
+                    disk: SimDisk::default(),
+                    sm: SimStateMachine::default(),
+                    down_until: 0,
+                    incarnation: 0,
+                    last_promised_seen: paxlog_core::Ballot::ZERO,
+                    last_snapshot_slot: Slot::ZERO,
+                };
+                node.replica = Some(Replica::new(
+                    config_for(&options, NodeId(i)),
+                    DurableState::default(),
+                    rng.next_u64(),
+                ));
+                node
+            })
+            .collect();
+        let clients = (0..options.clients)
+            .map(|i| SimClient {
+                client_id: 1000 + i as u64,
+                seq: 0,
+                current: None,
+                state: ClientState::Idle { next_tick: 1 },
+            })
+            .collect();
+        Simulation {
+            network: Network::new(options.nodes),
+            checker: Checker::new(options.nodes),
+            rng,
+            now_tick: 0,
+            nodes,
+            clients,
+            faults: FaultCounts::default(),
+            steps: 0,
+            leader_changes: 0,
+            partition_until: 0,
+            options,
+        }
+    }
+
+    pub fn run(mut self) -> SimReport {
+        let total = self.options.fault_ticks + self.options.liveness_ticks;
+        let mut converged = false;
+        while self.now_tick < total {
+            self.now_tick += 1;
+            let faulty = self.now_tick <= self.options.fault_ticks;
+            if self.now_tick == self.options.fault_ticks + 1 {
+                self.heal_everything();
+            }
+            if faulty {
+                self.inject_faults();
+            }
+            self.restart_due_nodes();
+            self.drive_clients(faulty);
+            self.deliver_messages();
+            for i in 0..self.nodes.len() {
+                if let Some(replica) = self.nodes[i].replica.as_mut() {
+                    replica.tick();
+                    self.steps += 1;
+                }
+                self.process_ready(i);
+            }
+            self.check_promises();
+            if !faulty && self.converged() {
+                converged = true;
+                break;
+            }
+            if !self.checker.violations().is_empty() && self.checker.violations().len() > 20 {
+                break;
+            }
+        }
+        if !converged {
+            let detail = self.convergence_detail();
+            self.checker.violation(format!(
+                "liveness: not converged {} ticks after faults stopped ({detail})",
+                self.options.liveness_ticks
+            ));
+        }
+        self.final_checks();
+        let mut violations = self.checker.violations().to_vec();
+        for node in &self.nodes {
+            if let Some(replica) = &node.replica {
+                violations.extend(replica.violations().iter().cloned());
+            }
+        }
+        SimReport {
+            seed: self.options.seed,
+            nodes: self.options.nodes,
+            ticks: self.now_tick,
+            steps: self.steps,
+            committed: self.checker.acked_count(),
+            slots: self.checker.slot_count(),
+            leader_changes: self.leader_changes,
+            faults: self.faults,
+            violations,
+        }
+    }
+
+    // ----- faults ----------------------------------------------------------
+
+    fn inject_faults(&mut self) {
+        let f = self.options.faults.clone();
+        let n = self.options.nodes;
+        if self.now_tick >= self.partition_until && self.network.is_partitioned() {
+            self.network.heal();
+        }
+        if !self.network.is_partitioned() && self.rng.chance(f.partition_per_100k, 100_000) {
+            let leader = self.current_leader();
+            let partition = Partition::draw(&mut self.rng, n, leader);
+            self.network.apply(&partition);
+            self.partition_until = self.now_tick + self.rng.range(20, 400);
+            self.faults.partitions += 1;
+        }
+        if self.rng.chance(f.crash_per_100k, 100_000) {
+            let victim = match self.current_leader() {
+                Some(leader) if self.rng.chance(1, 2) => leader.0 as usize,
+                _ => self.rng.range(0, u64::from(n)) as usize,
+            };
+            if self.nodes[victim].replica.is_some() {
+                let down = self.rng.range(5, 300);
+                self.crash(victim, down);
+            }
+        }
+    }
+
+    fn heal_everything(&mut self) {
+        self.network.heal();
+        self.network.calm();
+        for node in &mut self.nodes {
+            node.down_until = node.down_until.min(self.now_tick);
+        }
+    }
+
+    fn crash(&mut self, index: usize, down_ticks: u64) {
+        let node = &mut self.nodes[index];
+        node.replica = None;
+        node.down_until = self.now_tick + down_ticks;
+        self.faults.crashes += 1;
+    }
+
+    fn restart_due_nodes(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].replica.is_some() || self.nodes[i].down_until > self.now_tick {
+                continue;
+            }
+            let seed = self.rng.next_u64();
+            let node = &mut self.nodes[i];
+            node.incarnation += 1;
+            if self.options.lose_log_on_restart {
+                node.disk.lose_log();
+            }
+            if self.options.forget_promise_on_restart {
+                node.disk.forget_promise();
+            }
+            // Restore the state machine from the durable snapshot, then let
+            // the replica re-apply the chosen log after it.
+            node.sm = SimStateMachine::default();
+            if let Some((_, image)) = &node.disk.snapshot {
+                if let Err(error) = node.sm.restore(image) {
+                    self.checker
+                        .violation(format!("n{i}: snapshot failed to restore: {error}"));
+                }
+            }
+            let durable = node.disk.durable.clone();
+            let replica = Replica::new(config_for(&self.options, NodeId(i as u32)), durable, seed);
+            let durable_promise = node.disk.durable_promise_high_water;
+            if replica.promised() < durable_promise {
+                self.checker.violation(format!(
+                    "promise monotonicity: n{i} restarted with promise {} below the {} it made durable",
+                    replica.promised(),
+                    durable_promise
+                ));
+            }
+            node.last_promised_seen = replica.promised();
+            node.replica = Some(replica);
+            self.process_ready(i);
+        }
+    }
+
+    // ----- clients ---------------------------------------------------------
+
+    fn drive_clients(&mut self, issue_new: bool) {
+        for c in 0..self.clients.len() {
+            match self.clients[c].state.clone() {
+                ClientState::Idle { next_tick } if next_tick <= self.now_tick => {
+                    if self.clients[c].current.is_none() {
+                        if !issue_new {
+                            continue;
+                        }
+                        let client = &mut self.clients[c];
+                        client.seq += 1;
+                        let payload = format!("c{}-{}", client.client_id, client.seq);
+                        let proposal = Proposal {
+                            id: RequestId {
+                                client_id: client.client_id,
+                                seq: client.seq,
+                            },
+                            payload: bytes::Bytes::from(payload),
+                        };
+                        self.checker.issued(&proposal);
+                        client.current = Some(proposal);
+                    }
+                    self.submit(c);
+                }
+                ClientState::Waiting { deadline_tick, .. } if deadline_tick <= self.now_tick => {
+                    // No answer: retry elsewhere with the same id (the state
+                    // machine's dedup table makes that safe).
+                    self.submit(c);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn submit(&mut self, c: usize) {
+        let Some(proposal) = self.clients[c].current.clone() else {
+            return;
+        };
+        let target = self.rng.range(0, u64::from(self.options.nodes)) as usize;
+        let now = self.now_tick;
+        let retry_tick = now + self.rng.range(1, 20);
+        let state = match self.nodes[target].replica.as_mut() {
+            Some(replica) => match replica.propose(proposal) {
+                Ok(_) => ClientState::Waiting {
+                    node: NodeId(target as u32),
+                    deadline_tick: now + CLIENT_TIMEOUT_TICKS,
+                },
+                Err(_) => ClientState::Idle {
+                    next_tick: retry_tick,
+                },
+            },
+            None => ClientState::Idle {
+                next_tick: retry_tick,
+            },
+        };
+        self.clients[c].state = state;
+    }
+
+    /// Node `node` applied `id` (or learned its dedup answer): a client
+    /// waiting on that node is answered.
+    fn on_client_result(&mut self, node: NodeId, id: RequestId, slot: Slot) {
+        for client in &mut self.clients {
+            let waiting_here =
+                matches!(client.state, ClientState::Waiting { node: n, .. } if n == node);
+            if waiting_here && client.current.as_ref().is_some_and(|p| p.id == id) {
+                client.current = None;
+                client.state = ClientState::Idle {
+                    next_tick: self.now_tick + 1,
+                };
+                self.checker.acked(id, slot);
+            }
+        }
+    }
+
+    fn on_client_dropped(&mut self, node: NodeId, id: RequestId) {
+        for client in &mut self.clients {
+            let waiting_here =
+                matches!(client.state, ClientState::Waiting { node: n, .. } if n == node);
+            if waiting_here && client.current.as_ref().is_some_and(|p| p.id == id) {
+                client.state = ClientState::Idle {
+                    next_tick: self.now_tick + 1,
+                };
+            }
+        }
+    }
+
+    // ----- network ---------------------------------------------------------
+
+    fn deliver_messages(&mut self) {
+        let due = self.network.take_due(self.now_tick, &mut self.rng);
+        for envelope in due {
+            let to = envelope.to.0 as usize;
+            if let Some(replica) = self.nodes[to].replica.as_mut() {
+                replica.step(envelope.from, envelope.message);
+                self.steps += 1;
+            }
+        }
+    }
+
+    // ----- the driver: persist, then send, then apply ----------------------
+
+    fn process_ready(&mut self, index: usize) {
+        let Some(replica) = self.nodes[index].replica.as_mut() else {
+            return;
+        };
+        let ready = replica.ready();
+        if ready.is_empty() {
+            return;
+        }
+        let me = NodeId(index as u32);
+        // 1. Persist. A crash in the middle keeps a prefix of the batch (the
+        // rest was never synced) and sends nothing.
+        let torn = !ready.persist.is_empty()
+            && self.now_tick <= self.options.fault_ticks
+            && self
+                .rng
+                .chance(self.options.faults.torn_write_per_mille, 1000)
+            && self.rng.chance(1, 20);
+        if torn {
+            let keep = self.rng.range(0, ready.persist.len() as u64) as usize;
+            self.nodes[index]
+                .disk
+                .write_synced(&ready.persist[..keep], &mut self.checker, me);
+            self.faults.torn_writes += 1;
+            let down = self.rng.range(5, 200);
+            self.crash(index, down);
+            return;
+        }
+        self.nodes[index]
+            .disk
+            .write_synced(&ready.persist, &mut self.checker, me);
+        // 2. Send, asserting each promise/accept is durable first.
+        for envelope in ready.messages {
+            self.check_durable_before_send(index, &envelope);
+            let (dropped, duplicated) =
+                self.network
+                    .send(envelope, self.now_tick, &self.options.faults, &mut self.rng);
+            self.faults.dropped += dropped;
+            self.faults.duplicated += duplicated;
+        }
+        // 3. Apply in order.
+        for (slot, entry) in ready.apply {
+            let node = &mut self.nodes[index];
+            if slot != node.sm.applied_upto() {
+                self.checker.violation(format!(
+                    "applied prefix: n{index} applied slot {slot} while at {}",
+                    node.sm.applied_upto()
+                ));
+                // Keep going on a fresh count so the checker reports once.
+                node.sm.skip_to(slot);
+            }
+            let output = node.sm.apply(slot, &entry);
+            self.checker.applied(me, slot, &entry, &output);
+            if let Some(id) = entry.request_id() {
+                self.on_client_result(me, id, slot);
+            }
+        }
+        self.maybe_snapshot(index);
+        // 4. Events.
+        for event in ready.events {
+            match event {
+                Event::ProposalDropped { id, .. } => self.on_client_dropped(me, id),
+                Event::SnapshotNeeded { from, .. } => {
+                    self.transfer_snapshot(from.0 as usize, index)
+                }
+                Event::LeaderChanged {
+                    leader: Some(l), ..
+                } if l == me => self.leader_changes += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn check_durable_before_send(&mut self, index: usize, envelope: &Envelope) {
+        let disk = &self.nodes[index].disk.durable;
+        match &envelope.message {
+            Message::Promise { ballot, .. } if disk.promised < *ballot => {
+                self.checker.violation(format!(
+                    "persist before send: n{index} sent promise {ballot} before it was durable"
+                ));
+            }
+            Message::Accepted {
+                ballot,
+                first_slot,
+                end_slot,
+                ..
+            } => {
+                for slot in first_slot.until(*end_slot) {
+                    if slot < disk.log_start || disk.chosen.contains_key(&slot) {
+                        continue;
+                    }
+                    let durable = disk.accepted.get(&slot).is_some_and(|(b, _)| b >= ballot);
+                    if !durable {
+                        self.checker.violation(format!(
+                            "persist before send: n{index} acknowledged slot {slot} at {ballot} before it was durable"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn maybe_snapshot(&mut self, index: usize) {
+        let every = self.options.faults.snapshot_every_slots;
+        let node = &mut self.nodes[index];
+        let applied = node.sm.applied_upto();
+        if applied.0 < node.last_snapshot_slot.0 + every {
+            return;
+        }
+        node.disk.save_snapshot(applied, node.sm.snapshot());
+        node.last_snapshot_slot = applied;
+        if let Some(replica) = node.replica.as_mut() {
+            replica.compact(applied);
+        }
+        self.faults.snapshots_taken += 1;
+    }
+
+    /// Ships `from`'s durable snapshot to `to` (instantly, if they can talk).
+    fn transfer_snapshot(&mut self, from: usize, to: usize) {
+        if self.nodes[from].replica.is_none() || !self.network.connected(from, to) {
+            return;
+        }
+        let Some((slot, image)) = self.nodes[from].disk.snapshot.clone() else {
+            return;
+        };
+        let node = &mut self.nodes[to];
+        if slot <= node.sm.applied_upto() {
+            return;
+        }
+        if let Err(error) = node.sm.restore(&image) {
+            self.checker.violation(format!(
+                "n{to}: received snapshot failed to restore: {error}"
+            ));
+            return;
+        }
+        node.disk.save_snapshot(slot, image);
+        node.last_snapshot_slot = slot;
+        self.checker
+            .snapshot_installed(NodeId(to as u32), slot, &node.sm);
+        if let Some(replica) = node.replica.as_mut() {
+            replica.install_snapshot(slot);
+        }
+        self.faults.snapshots_installed += 1;
+        self.process_ready(to);
+    }
+
+    // ----- checks ----------------------------------------------------------
+
+    fn check_promises(&mut self) {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(replica) = &node.replica {
+                if replica.promised() < node.last_promised_seen {
+                    self.checker.violation(format!(
+                        "promise monotonicity: n{i} promise went from {} to {}",
+                        node.last_promised_seen,
+                        replica.promised()
+                    ));
+                }
+                node.last_promised_seen = replica.promised();
+            }
+        }
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .find(|r| r.role() == paxlog_core::Role::Leader)
+            .map(|r| r.id())
+    }
+
+    fn converged(&self) -> bool {
+        if self.clients.iter().any(|c| c.current.is_some()) {
+            return false;
+        }
+        let mut applied = None;
+        for node in &self.nodes {
+            let Some(replica) = &node.replica else {
+                return false;
+            };
+            if replica.chosen_upto() != replica.applied_upto() {
+                return false;
+            }
+            match applied {
+                None => applied = Some(replica.applied_upto()),
+                Some(a) if a != replica.applied_upto() => return false,
+                _ => {}
+            }
+        }
+        applied.is_some_and(|a| a.0 >= self.checker.slot_count())
+    }
+
+    fn convergence_detail(&self) -> String {
+        let pending = self.clients.iter().filter(|c| c.current.is_some()).count();
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match &n.replica {
+                Some(r) => format!(
+                    "n{i} {:?} chosen {} applied {}",
+                    r.role(),
+                    r.chosen_upto(),
+                    r.applied_upto()
+                ),
+                None => format!("n{i} down"),
+            })
+            .collect();
+        format!("{pending} client requests pending; {}", nodes.join(", "))
+    }
+
+    fn final_checks(&mut self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(replica) = &node.replica {
+                for (slot, entry) in replica.chosen_entries() {
+                    self.checker.chosen_seen(NodeId(i as u32), slot, entry);
+                }
+            }
+        }
+        self.checker.final_checks();
+    }
+}
+
+fn config_for(options: &SimOptions, id: NodeId) -> Config {
+    let mut cfg = Config::new(id, options.nodes);
+    cfg.heartbeat_interval_ticks = 3;
+    cfg.election_timeout_ticks = 20;
+    cfg.max_inflight_slots = 64;
+    cfg.max_entries_per_message = 16;
+    cfg.bugs = options.bugs.clone();
+    cfg
+}
+
+/// The deliberately broken variants, one per checker they should trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bug {
+    /// Phase 1 and 2 with a quorum of one (agreement).
+    QuorumOfOne,
+    /// A new leader ignores accepted values (agreement, durability).
+    IgnorePromisedValues,
+    /// A new leader invents values for holes (validity).
+    InventValues,
+    /// One replica never applies slot 3 (applied prefix).
+    SkipApply,
+    /// A restarted replica forgets its promise (promise monotonicity).
+    ForgetPromise,
+    /// A restarted replica loses its log (durability).
+    LoseLog,
+    /// No catch-up (liveness).
+    NoCatchUp,
+}
+
+impl SimOptions {
+    pub fn with_bug(mut self, bug: Option<Bug>) -> SimOptions {
+        match bug {
+            None => {}
+            Some(Bug::QuorumOfOne) => self.bugs.quorum_of_one = true,
+            Some(Bug::IgnorePromisedValues) => self.bugs.ignore_promised_values = true,
+            Some(Bug::InventValues) => self.bugs.invent_values = true,
+            Some(Bug::SkipApply) => self.bugs.skip_apply_slot = Some(3),
+            Some(Bug::ForgetPromise) => self.forget_promise_on_restart = true,
+            Some(Bug::LoseLog) => self.lose_log_on_restart = true,
+            Some(Bug::NoCatchUp) => self.bugs.no_catch_up = true,
+        }
+        self.bugs.record_violations = bug.is_some();
+        self
+    }
+}
+
+/// Runs one seed with the options it stands for.
+pub fn run_seed(seed: u64) -> SimReport {
+    Simulation::new(SimOptions::from_seed(seed)).run()
+}
+
+/// The persisted record kinds, counted, for reports.
+pub fn record_kind(record: &PersistRecord) -> &'static str {
+    match record {
+        PersistRecord::Promised(_) => "promised",
+        PersistRecord::Accepted { .. } => "accepted",
+        PersistRecord::Chosen { .. } => "chosen",
+    }
+}

@@ -1,1 +1,125 @@
-fn main() {}
+//! `paxlog-sim`: run the deterministic cluster simulator over many seeds.
+
+use clap::Parser;
+use paxlog_sim::{Bug, SimOptions, SimReport, Simulation};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Deterministic Multi-Paxos cluster simulator")]
+struct Args {
+    /// Replay one seed and print its full report.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed of the range.
+    #[arg(long, default_value_t = 0)]
+    start_seed: u64,
+    /// Run a deliberately broken variant, to see the checkers catch it.
+    #[arg(long, value_enum)]
+    bug: Option<Bug>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        let options = SimOptions::from_seed(seed).with_bug(args.bug);
+        println!("options: {options:#?}");
+        let report = Simulation::new(options).run();
+        print_report(&report);
+        return if report.violations.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let started = Instant::now();
+    let mut totals = SimReport {
+        seed: 0,
+        nodes: 0,
+        ticks: 0,
+        steps: 0,
+        committed: 0,
+        slots: 0,
+        leader_changes: 0,
+        faults: Default::default(),
+        violations: Vec::new(),
+    };
+    let mut failed = Vec::new();
+    for seed in args.start_seed..args.start_seed + args.seeds {
+        let report = Simulation::new(SimOptions::from_seed(seed).with_bug(args.bug)).run();
+        totals.ticks += report.ticks;
+        totals.steps += report.steps;
+        totals.committed += report.committed;
+        totals.slots += report.slots;
+        totals.leader_changes += report.leader_changes;
+        let f = &mut totals.faults;
+        f.dropped += report.faults.dropped;
+        f.duplicated += report.faults.duplicated;
+        f.partitions += report.faults.partitions;
+        f.crashes += report.faults.crashes;
+        f.torn_writes += report.faults.torn_writes;
+        f.snapshots_taken += report.faults.snapshots_taken;
+        f.snapshots_installed += report.faults.snapshots_installed;
+        if !report.violations.is_empty() {
+            eprintln!(
+                "seed {seed}: {} violation(s); first: {}",
+                report.violations.len(),
+                report.violations[0]
+            );
+            eprintln!("  replay: {}", report.replay_command());
+            failed.push(seed);
+        }
+    }
+    let f = &totals.faults;
+    println!(
+        "seeds {} | ticks {} | steps {} | commands committed {} | slots {} | leader changes {} | \
+         faults: dropped {} duplicated {} partitions {} crashes {} torn writes {} snapshots taken {} installed {} | \
+         violations {} | {:.1}s",
+        args.seeds,
+        totals.ticks,
+        totals.steps,
+        totals.committed,
+        totals.slots,
+        totals.leader_changes,
+        f.dropped,
+        f.duplicated,
+        f.partitions,
+        f.crashes,
+        f.torn_writes,
+        f.snapshots_taken,
+        f.snapshots_installed,
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_report(report: &SimReport) {
+    println!(
+        "seed {} | nodes {} | ticks {} | steps {} | committed {} | slots {} | leader changes {} | faults {:?}",
+        report.seed,
+        report.nodes,
+        report.ticks,
+        report.steps,
+        report.committed,
+        report.slots,
+        report.leader_changes,
+        report.faults
+    );
+    if report.violations.is_empty() {
+        println!("violations: 0");
+    } else {
+        println!("violations ({}):", report.violations.len());
+        for violation in &report.violations {
+            println!("  {violation}");
+        }
+        println!("replay: {}", report.replay_command());
+    }
+}

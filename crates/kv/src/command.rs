@@ -1,0 +1,272 @@
+//! Commands carried in log entry payloads.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io;
+
+use crate::error::KvError;
+use crate::limits::{MAX_DEPTH, MAX_KEY_BYTES, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
+use crate::parser::{parse_statement, Statement};
+
+/// One replicated command: the meaning of an `Entry::Command` payload.
+///
+/// JSON values travel as compact JSON text (postcard cannot carry
+/// `serde_json::Value`) and are parsed again at apply time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// A seed-style statement (`li += [1, 2]`), kept as its exact source text.
+    Exec { source: String },
+    /// Sets `key` to a JSON value.
+    Put { key: String, value_json: String },
+    /// Removes `key` (absent is fine).
+    Delete { key: String },
+    /// Sets `key` to `new_json` iff its current value equals `expected_json`
+    /// (`None`: iff the key is absent). Equality is exact JSON equality, so
+    /// `1` and `1.0` differ.
+    Cas {
+        key: String,
+        expected_json: Option<String>,
+        new_json: String,
+    },
+}
+
+impl KvCommand {
+    /// An `Exec` command; the statement must parse.
+    pub fn exec(source: impl Into<String>) -> Result<Self, KvError> {
+        let source = source.into();
+        check_statement(&source)?;
+        Ok(KvCommand::Exec { source })
+    }
+
+    /// A `Put` command.
+    pub fn put(key: impl Into<String>, value: &Value) -> Result<Self, KvError> {
+        let key = key.into();
+        validate_key(&key)?;
+        let value_json = encode_value(value)?;
+        Ok(KvCommand::Put { key, value_json })
+    }
+
+    /// A `Put` command from JSON text (normalised to compact JSON).
+    pub fn put_json(key: impl Into<String>, value_json: &str) -> Result<Self, KvError> {
+        let value = parse_json_value(value_json)?;
+        Self::put(key, &value)
+    }
+
+    /// A `Delete` command.
+    pub fn delete(key: impl Into<String>) -> Result<Self, KvError> {
+        let key = key.into();
+        validate_key(&key)?;
+        Ok(KvCommand::Delete { key })
+    }
+
+    /// A compare-and-set command; `expected == None` means "must be absent".
+    pub fn cas(
+        key: impl Into<String>,
+        expected: Option<&Value>,
+        new: &Value,
+    ) -> Result<Self, KvError> {
+        let key = key.into();
+        validate_key(&key)?;
+        let expected_json = expected.map(encode_value).transpose()?;
+        let new_json = encode_value(new)?;
+        Ok(KvCommand::Cas {
+            key,
+            expected_json,
+            new_json,
+        })
+    }
+
+    /// Checks every limit, as `apply` will; the server should call this on
+    /// commands it did not build with the constructors above.
+    pub fn validate(&self) -> Result<(), KvError> {
+        match self {
+            KvCommand::Exec { source } => check_statement(source).map(|_| ()),
+            KvCommand::Put { key, value_json } => {
+                validate_key(key)?;
+                parse_json_value(value_json).map(|_| ())
+            }
+            KvCommand::Delete { key } => validate_key(key),
+            KvCommand::Cas {
+                key,
+                expected_json,
+                new_json,
+            } => {
+                validate_key(key)?;
+                if let Some(e) = expected_json {
+                    parse_json_value(e)?;
+                }
+                parse_json_value(new_json).map(|_| ())
+            }
+        }
+    }
+
+    /// The postcard bytes to put in `Entry::Command { payload, .. }`.
+    pub fn encode(&self) -> Bytes {
+        // Serialising strings and options into a Vec cannot fail; an empty
+        // payload would only be rejected at apply time as a bad payload.
+        Bytes::from(postcard::to_allocvec(self).unwrap_or_default())
+    }
+
+    /// Decodes a payload produced by [`KvCommand::encode`]. Trailing bytes are
+    /// an error. Does not check limits (see [`KvCommand::validate`]).
+    pub fn decode(payload: &[u8]) -> Result<KvCommand, KvError> {
+        let (cmd, rest) =
+            postcard::take_from_bytes::<KvCommand>(payload).map_err(KvError::Decode)?;
+        if !rest.is_empty() {
+            return Err(KvError::Decode(postcard::Error::DeserializeBadEncoding));
+        }
+        Ok(cmd)
+    }
+
+    /// Human-readable text, as the seed's `/fetch` shows a chosen command:
+    ///
+    /// * `Exec`: the statement source, exactly as submitted (`li += [1, 2]`);
+    /// * `Put`: `PUT "key" <json>`, e.g. `PUT "user:1" {"name":"ann"}`;
+    /// * `Delete`: `DELETE "key"`;
+    /// * `Cas`: `CAS "key" <expected json | absent> -> <new json>`, e.g.
+    ///   `CAS "n" 1 -> 2` or `CAS "n" absent -> 0`.
+    ///
+    /// Keys are rendered as JSON strings (quoted, escaped).
+    pub fn describe(&self) -> String {
+        match self {
+            KvCommand::Exec { source } => source.clone(),
+            KvCommand::Put { key, value_json } => format!("PUT {} {value_json}", quote(key)),
+            KvCommand::Delete { key } => format!("DELETE {}", quote(key)),
+            KvCommand::Cas {
+                key,
+                expected_json,
+                new_json,
+            } => format!(
+                "CAS {} {} -> {new_json}",
+                quote(key),
+                expected_json.as_deref().unwrap_or("absent")
+            ),
+        }
+    }
+
+    /// The key this command writes, if it can be known without parsing.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            KvCommand::Exec { .. } => None,
+            KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
+                Some(key)
+            }
+        }
+    }
+}
+
+fn quote(key: &str) -> String {
+    Value::String(key.to_owned()).to_string()
+}
+
+pub(crate) fn check_statement(source: &str) -> Result<Statement, KvError> {
+    if source.len() > MAX_STATEMENT_BYTES {
+        return Err(KvError::TooLarge {
+            what: "statement",
+            size: source.len(),
+            max: MAX_STATEMENT_BYTES,
+        });
+    }
+    let stmt = parse_statement(source)?;
+    if let Statement::Assign { value, .. } | Statement::AddAssign { value, .. } = &stmt {
+        validate_value(value)?;
+    }
+    Ok(stmt)
+}
+
+/// Keys (and statement names) must be non-empty and at most
+/// [`MAX_KEY_BYTES`] bytes. Any other string is a valid key.
+pub fn validate_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::InvalidKey("key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::InvalidKey(format!(
+            "key is {} bytes long, at most {MAX_KEY_BYTES} allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks nesting depth (<= [`MAX_DEPTH`]) and encoded size
+/// (<= [`MAX_VALUE_BYTES`]); returns the compact JSON size in bytes.
+pub fn validate_value(value: &Value) -> Result<usize, KvError> {
+    if depth(value) > MAX_DEPTH {
+        return Err(KvError::InvalidValue(format!(
+            "nesting is too deep (at most {MAX_DEPTH} levels)"
+        )));
+    }
+    let size = json_size(value);
+    if size > MAX_VALUE_BYTES {
+        return Err(KvError::TooLarge {
+            what: "value",
+            size,
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(size)
+}
+
+/// Container nesting depth: scalars 0, `[]` 1, `[[1]]` 2.
+pub(crate) fn depth(value: &Value) -> usize {
+    // Iterative, so hostile values cannot overflow the stack here.
+    let mut max = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(items) => {
+                max = max.max(d + 1);
+                stack.extend(items.iter().map(|i| (i, d + 1)));
+            }
+            Value::Object(map) => {
+                max = max.max(d + 1);
+                stack.extend(map.values().map(|i| (i, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+struct Counter(usize);
+
+impl io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Length of the compact JSON encoding, without allocating it.
+pub(crate) fn json_size(value: &Value) -> usize {
+    let mut c = Counter(0);
+    // Writing a Value to an infallible writer cannot fail.
+    let _ = serde_json::to_writer(&mut c, value);
+    c.0
+}
+
+/// Compact JSON text of a valid value.
+pub(crate) fn encode_value(value: &Value) -> Result<String, KvError> {
+    validate_value(value)?;
+    serde_json::to_string(value).map_err(|e| KvError::InvalidValue(e.to_string()))
+}
+
+/// Parses and validates JSON text.
+pub(crate) fn parse_json_value(text: &str) -> Result<Value, KvError> {
+    if text.len() > MAX_VALUE_BYTES.saturating_mul(8) {
+        return Err(KvError::TooLarge {
+            what: "value",
+            size: text.len(),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| KvError::InvalidValue(e.to_string()))?;
+    validate_value(&value)?;
+    Ok(value)
+}

@@ -1,0 +1,85 @@
+//! What applying one log entry answers.
+
+use paxlog_core::Slot;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The state machine's answer for one slot. Serialises to JSON as e.g.
+/// `{"slot":4,"duplicate":false,"original_slot":null,"result":{"status":"ok","value":null}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplyOutput {
+    /// The slot just applied.
+    pub slot: Slot,
+    /// True when the request was already applied (or superseded) earlier
+    /// and was therefore not executed again.
+    pub duplicate: bool,
+    /// For a cached duplicate: the slot where the request was executed.
+    pub original_slot: Option<Slot>,
+    pub result: ApplyResult,
+}
+
+impl ApplyOutput {
+    pub fn is_ok(&self) -> bool {
+        matches!(self.result, ApplyResult::Ok { .. })
+    }
+}
+
+/// The outcome of executing a command.
+///
+/// `value` of `Ok` by command:
+/// * `Noop`, `Exec` (`=`, `+=`, `del`): `None` (like Python's `exec`);
+/// * `Put`: `{"existed": bool, "previous": <old value or null>}`;
+/// * `Delete`: `{"existed": bool, "previous": <old value or null>}`;
+/// * `Cas`: `{"succeeded": bool, "current": <value after the command, or null
+///   if absent>}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ApplyResult {
+    Ok { value: Option<Value> },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl ApplyResult {
+    pub(crate) fn ok(value: Option<Value>) -> Self {
+        ApplyResult::Ok { value }
+    }
+
+    pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApplyResult::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The error kind, if this is an error.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        match self {
+            ApplyResult::Ok { .. } => None,
+            ApplyResult::Error { kind, .. } => Some(*kind),
+        }
+    }
+}
+
+/// Deterministic error categories (identical on every replica).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The statement does not parse.
+    SyntaxError,
+    /// `+=` or `del` on a name that does not exist (Python's NameError).
+    NameError,
+    /// `+=` on incompatible types (Python's TypeError).
+    TypeError,
+    /// Integer `+=` out of 64-bit range, or a float result that is not finite.
+    Overflow,
+    /// Empty or too long key.
+    InvalidKey,
+    /// Value JSON that does not parse or is nested too deeply.
+    InvalidValue,
+    /// A value (possibly the result of `+=`) or statement over its size limit.
+    TooLarge,
+    /// The entry payload is not a `KvCommand`.
+    BadPayload,
+    /// The request's seq is older than the client's last applied seq.
+    Stale,
+}

@@ -1,0 +1,72 @@
+//! Simulator runs inside `cargo test`: a sweep of seeds must find no
+//! violation, and each deliberately broken variant must be caught.
+
+use paxlog_sim::{Bug, SimOptions, Simulation};
+
+fn violations_over(seeds: std::ops::Range<u64>, bug: Option<Bug>) -> (u64, Vec<String>) {
+    let mut committed = 0;
+    let mut found = Vec::new();
+    for seed in seeds {
+        let report = Simulation::new(SimOptions::from_seed(seed).with_bug(bug)).run();
+        committed += report.committed;
+        found.extend(report.violations.iter().map(|v| format!("seed {seed}: {v}")));
+    }
+    (committed, found)
+}
+
+#[test]
+fn correct_protocol_has_no_violations_over_300_seeds() {
+    let (committed, found) = violations_over(0..300, None);
+    assert!(found.is_empty(), "violations: {found:#?}");
+    assert!(committed > 10_000, "too little work was done: {committed}");
+}
+
+fn assert_caught(bug: Bug, expected_prefix: &str) {
+    let (_, found) = violations_over(0..200, Some(bug));
+    assert!(
+        found.iter().any(|v| v.contains(expected_prefix)),
+        "{bug:?} was not caught by the {expected_prefix} checker; found: {found:#?}"
+    );
+}
+
+#[test]
+fn agreement_checker_catches_a_quorum_of_one() {
+    assert_caught(Bug::QuorumOfOne, "agreement");
+}
+
+#[test]
+fn agreement_checker_catches_a_leader_ignoring_accepted_values() {
+    assert_caught(Bug::IgnorePromisedValues, "agreement");
+}
+
+#[test]
+fn validity_checker_catches_invented_values() {
+    assert_caught(Bug::InventValues, "validity");
+}
+
+#[test]
+fn applied_prefix_checker_catches_a_skipped_slot() {
+    assert_caught(Bug::SkipApply, "applied prefix");
+}
+
+#[test]
+fn promise_monotonicity_checker_catches_a_forgotten_promise() {
+    assert_caught(Bug::ForgetPromise, "promise monotonicity");
+}
+
+#[test]
+fn durability_checker_catches_a_lost_log() {
+    assert_caught(Bug::LoseLog, "durability");
+}
+
+#[test]
+fn liveness_checker_catches_missing_catch_up() {
+    assert_caught(Bug::NoCatchUp, "liveness");
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let a = Simulation::new(SimOptions::from_seed(77)).run();
+    let b = Simulation::new(SimOptions::from_seed(77)).run();
+    assert_eq!((a.steps, a.committed, a.slots), (b.steps, b.committed, b.slots));
+}
