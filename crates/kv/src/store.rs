@@ -230,6 +230,29 @@ impl KvStore {
         }
     }
 
+    /// Dry-runs `cmd` against the current state without changing it: the
+    /// error it would produce now, if any. The server uses it to refuse a
+    /// command that cannot succeed before it reaches the log; the command can
+    /// still fail at apply time if the state changes in between.
+    pub fn check(&self, cmd: &KvCommand) -> Result<(), ApplyResult> {
+        match cmd {
+            KvCommand::Exec { source } => match check_statement(source).map_err(failed)? {
+                Statement::Assign { .. } => Ok(()),
+                Statement::AddAssign { name, value } => {
+                    let current = self.db.get(&name).ok_or_else(|| name_error(&name))?;
+                    let sum = add(current, &value)?;
+                    validate_value(&sum).map_err(failed)?;
+                    Ok(())
+                }
+                Statement::Delete { name } => {
+                    self.db.get(&name).ok_or_else(|| name_error(&name))?;
+                    Ok(())
+                }
+            },
+            other => other.validate().map_err(failed),
+        }
+    }
+
     fn execute_statement(&mut self, stmt: Statement) -> Result<ApplyResult, ApplyResult> {
         match stmt {
             Statement::Assign { name, value } => {

@@ -1,1 +1,181 @@
-//! placeholder
+//! paxlog-server: one replica process. It recovers the replica from its data
+//! folder, connects to its peers, runs the driver loop on its own thread and
+//! serves the client HTTP API.
+
+pub mod config;
+pub mod driver;
+mod error;
+pub mod http;
+pub mod wire;
+
+pub use config::NodeConfig;
+pub use error::ServerError;
+
+use driver::{Driver, DriverInput};
+use paxlog_core::{Config as CoreConfig, NodeId, Replica, StateMachine};
+use paxlog_kv::{KvOptions, KvStore};
+use paxlog_storage::{DataDir, WalOptions};
+use paxlog_transport::{Transport, TransportConfig};
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use wire::Wire;
+
+/// Inputs queued for the driver at most.
+const DRIVER_QUEUE: usize = 65_536;
+
+/// Runs one replica until `shutdown` resolves (clean stop) or the replica
+/// fails (an error the process should exit with).
+pub async fn run_node(
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    cfg.validate()?;
+    let data_dir = DataDir::open_or_init(&cfg.data_dir, &cfg.cluster_id, cfg.id)?;
+    let recovery = data_dir.recover(WalOptions::default())?;
+    for repair in &recovery.recovered.repairs {
+        tracing::warn!(node = cfg.id, %repair, "repaired the write-ahead log on start");
+    }
+    let mut kv = KvStore::new(KvOptions::default());
+    let mut last_snapshot_round = 0;
+    if let Some((slot, image)) = &recovery.snapshot {
+        kv.restore(image).map_err(|source| ServerError::Snapshot {
+            path: recovery.snapshots.path_for(*slot),
+            source,
+        })?;
+        last_snapshot_round = slot.0;
+    }
+    tracing::info!(
+        node = cfg.id,
+        snapshot_round = last_snapshot_round,
+        wal_records = recovery.recovered.records,
+        promised = %recovery.recovered.state.promised,
+        "recovered from {}",
+        cfg.data_dir.display()
+    );
+
+    let mut core_cfg = CoreConfig::new(NodeId(cfg.id), cfg.peers.len() as u32);
+    core_cfg.heartbeat_interval_ticks = cfg.heartbeat_ticks;
+    core_cfg.election_timeout_ticks = cfg.election_ticks;
+    let seed = RandomState::new().build_hasher().finish();
+    let replica = Replica::new(core_cfg, recovery.recovered.state, seed);
+
+    let peers = cfg
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u32 != cfg.id)
+        .map(|(i, a)| (i as u32, *a))
+        .collect();
+    let mut transport_cfg = TransportConfig::new(
+        cfg.id,
+        cfg.cluster_id.clone(),
+        cfg.peers[cfg.id as usize],
+        peers,
+    );
+    if let Some(secret) = &cfg.cluster_secret {
+        transport_cfg = transport_cfg.with_secret(secret.as_bytes().to_vec());
+    }
+    let (transport, mut inbound) = Transport::start::<Wire>(transport_cfg).await?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(|source| ServerError::HttpBind {
+            addr: cfg.http,
+            source,
+        })?;
+
+    let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
+    // Peer messages into the driver (backpressure on the TCP stream if full).
+    let peer_tx = driver_tx.clone();
+    let forwarder = tokio::spawn(async move {
+        while let Some(inbound) = inbound.recv().await {
+            let input = DriverInput::Peer {
+                from: inbound.from,
+                wire: inbound.message,
+            };
+            if peer_tx.send(input).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Time, as ticks. A full queue skips a tick rather than piling them up.
+    let tick_tx = driver_tx.clone();
+    let tick = Duration::from_millis(cfg.tick_ms);
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            interval.tick().await;
+            match tick_tx.try_send(DriverInput::Tick) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    });
+
+    let driver = Driver::new(
+        cfg.clone(),
+        replica,
+        kv,
+        recovery.wal,
+        recovery.snapshots,
+        transport.clone(),
+        last_snapshot_round,
+    );
+    let (driver_done_tx, driver_done) = oneshot::channel();
+    let node_id = cfg.id;
+    std::thread::Builder::new()
+        .name(format!("paxlog-driver-{node_id}"))
+        .spawn(move || {
+            let result = driver.run(driver_rx);
+            let _ = driver_done_tx.send(result);
+        })
+        .map_err(|e| ServerError::Driver(format!("cannot start driver thread: {e}")))?;
+
+    let state = http::AppState::new(
+        driver_tx.clone(),
+        Duration::from_millis(cfg.request_timeout_ms),
+    );
+    let app = http::router(state, cfg.max_body_bytes);
+    tracing::info!(node = node_id, http = %cfg.http, peer = %cfg.peers[cfg.id as usize], "serving");
+
+    let (stop_http_tx, stop_http) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.await;
+            })
+            .await
+    });
+
+    let mut driver_done = driver_done;
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        result = &mut driver_done => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(ServerError::Driver(message)),
+            Err(_) => Err(ServerError::Driver("the driver thread panicked".into())),
+        },
+    };
+    // Stop taking requests, then stop the driver (it answers what waits).
+    let _ = stop_http_tx.send(());
+    let _ = driver_tx.send(DriverInput::Shutdown).await;
+    drop(driver_tx);
+    ticker.abort();
+    if outcome.is_ok() {
+        if let Ok(Err(message)) = driver_done.await {
+            tracing::error!(node = node_id, "driver stopped with an error: {message}");
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(node = node_id, error = %e, "HTTP server error"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!(node = node_id, "HTTP server did not stop within 5 s"),
+    }
+    forwarder.abort();
+    transport.shutdown().await;
+    outcome
+}

@@ -1,0 +1,136 @@
+//! A replica's settings.
+
+use crate::error::ServerError;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This replica's index into `peers`.
+    pub id: u32,
+    /// Every replica's peer-protocol address, in id order (this one's too).
+    pub peers: Vec<SocketAddr>,
+    /// The client HTTP API address.
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default = "defaults::cluster_id")]
+    pub cluster_id: String,
+    /// Length of one consensus tick.
+    #[serde(default = "defaults::tick_ms")]
+    pub tick_ms: u64,
+    #[serde(default = "defaults::heartbeat_ticks")]
+    pub heartbeat_ticks: u64,
+    /// A follower that hears no leader for 1x..2x this runs an election.
+    #[serde(default = "defaults::election_ticks")]
+    pub election_ticks: u64,
+    /// Take a snapshot and compact the log every this many applied rounds.
+    #[serde(default = "defaults::snapshot_every_rounds")]
+    pub snapshot_every_rounds: u64,
+    /// How long a client request may wait for consensus or a read barrier.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Client requests waiting inside the replica at once.
+    #[serde(default = "defaults::max_pending_requests")]
+    pub max_pending_requests: usize,
+    /// Shared secret that peers prove in their handshake (optional).
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
+}
+
+mod defaults {
+    pub fn cluster_id() -> String {
+        "paxlog".to_string()
+    }
+    pub fn tick_ms() -> u64 {
+        10
+    }
+    pub fn heartbeat_ticks() -> u64 {
+        5
+    }
+    pub fn election_ticks() -> u64 {
+        50
+    }
+    pub fn snapshot_every_rounds() -> u64 {
+        10_000
+    }
+    pub fn request_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn max_body_bytes() -> usize {
+        1 << 20
+    }
+    pub fn max_pending_requests() -> usize {
+        100_000
+    }
+}
+
+impl NodeConfig {
+    /// A configuration with every tunable at its default.
+    pub fn new(id: u32, peers: Vec<SocketAddr>, http: SocketAddr, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            id,
+            peers,
+            http,
+            data_dir,
+            cluster_id: defaults::cluster_id(),
+            tick_ms: defaults::tick_ms(),
+            heartbeat_ticks: defaults::heartbeat_ticks(),
+            election_ticks: defaults::election_ticks(),
+            snapshot_every_rounds: defaults::snapshot_every_rounds(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_pending_requests: defaults::max_pending_requests(),
+            cluster_secret: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let fail = |m: String| Err(ServerError::Config(m));
+        if self.peers.is_empty() || self.peers.len() > 64 {
+            return fail(format!(
+                "--peers must list 1 to 64 replica addresses, got {}",
+                self.peers.len()
+            ));
+        }
+        if self.id as usize >= self.peers.len() {
+            return fail(format!(
+                "--id {} is outside the {} replicas listed in --peers (ids start at 0)",
+                self.id,
+                self.peers.len()
+            ));
+        }
+        for (i, a) in self.peers.iter().enumerate() {
+            if self.peers[..i].contains(a) {
+                return fail(format!("--peers lists {a} twice"));
+            }
+        }
+        if self.peers.contains(&self.http) {
+            return fail(format!("--http {} is also a peer address", self.http));
+        }
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 128 {
+            return fail("cluster id must be 1 to 128 characters".into());
+        }
+        if !(1..=10_000).contains(&self.tick_ms) {
+            return fail("tick_ms must be 1..=10000".into());
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks < 2 * self.heartbeat_ticks {
+            return fail(
+                "election_ticks must be at least twice heartbeat_ticks (and both > 0)".into(),
+            );
+        }
+        if self.snapshot_every_rounds == 0 {
+            return fail("snapshot_every_rounds must be > 0".into());
+        }
+        if self.request_timeout_ms == 0
+            || self.max_body_bytes < 1024
+            || self.max_pending_requests == 0
+        {
+            return fail("request_timeout_ms, max_body_bytes (>= 1024) and max_pending_requests must be positive".into());
+        }
+        Ok(())
+    }
+}

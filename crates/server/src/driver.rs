@@ -1,0 +1,929 @@
+//! The one loop that owns a replica: its consensus core, write-ahead log,
+//! snapshots and key-value state. It runs on its own OS thread; HTTP
+//! handlers and the peer transport talk to it through one bounded channel.
+//!
+//! Each turn: take every queued input (up to a bound), feed the core, then
+//! hand the core's `Ready` to storage (one fsync for the whole batch: group
+//! commit), and only then to the network, then apply. While an fsync runs,
+//! new inputs queue up and form the next batch.
+
+use crate::config::NodeConfig;
+use crate::wire::Wire;
+use bytes::Bytes;
+use paxlog_core::{
+    DropReason, Entry, Event, Message, NodeId, Proposal, ProposeError, Replica, RequestId, Role,
+    Slot, StateMachine, StatusReport,
+};
+use paxlog_kv::{ApplyOutput, ApplyResult, KvCommand, KvStore};
+use paxlog_storage::{SnapshotReceiver, SnapshotStore, Wal};
+use paxlog_transport::{PeerStatus, TransportHandle};
+use serde::Serialize;
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs taken per turn before the batch is persisted.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+/// Snapshot bytes per transfer chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// A stalled snapshot transfer is re-requested after this long.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(2);
+/// A write with no leader to go to is retried this often.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// An HTTP-level failure: status code and a message naming the problem.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// For "not applied yet" answers: how far this replica is.
+    pub current_round: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            current_round: None,
+        }
+    }
+}
+
+pub enum DriverInput {
+    Write(WriteRequest),
+    Read(ReadRequest),
+    Peer { from: u32, wire: Wire },
+    Tick,
+    Shutdown,
+}
+
+pub struct WriteRequest {
+    pub command: KvCommand,
+    pub id: RequestId,
+    pub reply: oneshot::Sender<Result<ApplyOutput, ApiError>>,
+    pub deadline: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Confirmed through the leader with a quorum round (read index).
+    Linearizable,
+    /// This replica's state as it is, possibly stale.
+    Local,
+    /// Wait until this replica has applied the given round.
+    MinRound(u64),
+}
+
+pub enum Query {
+    Get(String),
+    Scan { prefix: String, limit: usize },
+    Db,
+    Current,
+    Fetch(u64),
+    Status,
+}
+
+pub struct ReadRequest {
+    pub query: Query,
+    pub consistency: Consistency,
+    pub reply: oneshot::Sender<Result<Answer, ApiError>>,
+    pub deadline: Instant,
+}
+
+pub enum Answer {
+    Value {
+        value: Option<Value>,
+        current_round: u64,
+    },
+    Items {
+        items: Vec<(String, Value)>,
+        current_round: u64,
+    },
+    Db {
+        current_round: u64,
+        db: Value,
+    },
+    Current(u64),
+    Fetched(Fetched),
+    Status(Box<NodeStatus>),
+}
+
+pub enum Fetched {
+    Value {
+        round_id: u64,
+        value: Option<String>,
+    },
+    NotYet {
+        current_round: u64,
+    },
+    Compacted {
+        log_start: u64,
+    },
+}
+
+#[derive(Serialize)]
+pub struct PeerInfo {
+    pub id: u32,
+    pub address: String,
+    pub reachable: bool,
+    pub last_heard_ms_ago: Option<u64>,
+    pub chosen_round: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct NodeStatus {
+    pub id: u32,
+    pub role: Role,
+    pub leader: Option<u32>,
+    pub promised_ballot: String,
+    pub leader_ballot: Option<String>,
+    pub current_round: u64,
+    pub applied_round: u64,
+    pub chosen_round: u64,
+    pub log_start: u64,
+    pub next_round: Option<u64>,
+    pub pending_writes: usize,
+    pub last_snapshot_round: u64,
+    pub peers: Vec<PeerInfo>,
+}
+
+struct PendingWrite {
+    payload: Bytes,
+    reply: oneshot::Sender<Result<ApplyOutput, ApiError>>,
+    deadline: Instant,
+}
+
+struct PendingRead {
+    request: ReadRequest,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimeoutKey {
+    Write(RequestId),
+    Read(u64),
+}
+
+struct IncomingSnapshot {
+    from: NodeId,
+    log_start: Option<Slot>,
+    receiver: Option<SnapshotReceiver>,
+    last_progress: Instant,
+}
+
+pub struct Driver {
+    cfg: NodeConfig,
+    replica: Replica,
+    kv: KvStore,
+    wal: Wal,
+    snapshots: SnapshotStore,
+    transport: TransportHandle<Wire>,
+    writes: HashMap<RequestId, PendingWrite>,
+    write_retries: VecDeque<(Instant, RequestId)>,
+    /// Reads waiting for the leader's read index.
+    reads_awaiting_index: HashMap<u64, PendingRead>,
+    /// Reads waiting for this replica to apply up to a round.
+    reads_awaiting_apply: BTreeMap<(u64, u64), PendingRead>,
+    read_retries: VecDeque<(Instant, u64)>,
+    reads_to_retry: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+    timeouts: BinaryHeap<Reverse<(Instant, TimeoutKey)>>,
+    last_snapshot_round: u64,
+    incoming_snapshot: Option<IncomingSnapshot>,
+    started: Instant,
+}
+
+impl Driver {
+    pub fn new(
+        cfg: NodeConfig,
+        replica: Replica,
+        kv: KvStore,
+        wal: Wal,
+        snapshots: SnapshotStore,
+        transport: TransportHandle<Wire>,
+        last_snapshot_round: u64,
+    ) -> Driver {
+        Driver {
+            cfg,
+            replica,
+            kv,
+            wal,
+            snapshots,
+            transport,
+            writes: HashMap::new(),
+            write_retries: VecDeque::new(),
+            reads_awaiting_index: HashMap::new(),
+            reads_awaiting_apply: BTreeMap::new(),
+            read_retries: VecDeque::new(),
+            reads_to_retry: HashMap::new(),
+            next_read_id: 1,
+            timeouts: BinaryHeap::new(),
+            last_snapshot_round,
+            incoming_snapshot: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs until `Shutdown` or every sender is gone. An error here is fatal
+    /// for the replica (e.g. a failed fsync: the process must restart and
+    /// recover from what is on disk).
+    pub fn run(mut self, mut inputs: mpsc::Receiver<DriverInput>) -> Result<(), String> {
+        // Re-apply what the log holds beyond the snapshot.
+        self.process_ready()?;
+        tracing::info!(
+            node = self.cfg.id,
+            current_round = self.kv.applied_upto().0,
+            "replica started"
+        );
+        'outer: loop {
+            let Some(first) = inputs.blocking_recv() else {
+                break;
+            };
+            if !self.handle(first)? {
+                break;
+            }
+            for _ in 0..MAX_INPUTS_PER_TURN {
+                match inputs.try_recv() {
+                    Ok(input) => {
+                        if !self.handle(input)? {
+                            break 'outer;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process_ready()?;
+        }
+        self.fail_everything("the replica is shutting down");
+        tracing::info!(node = self.cfg.id, "replica stopped");
+        Ok(())
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, input: DriverInput) -> Result<bool, String> {
+        match input {
+            DriverInput::Write(request) => self.start_write(request),
+            DriverInput::Read(request) => self.start_read(request),
+            DriverInput::Peer { from, wire } => self.on_peer(from, wire)?,
+            DriverInput::Tick => self.on_tick(),
+            DriverInput::Shutdown => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    // ----- the Ready hand-off ----------------------------------------------
+
+    fn process_ready(&mut self) -> Result<(), String> {
+        // Applying and events can produce more work; a few rounds settle it.
+        for _ in 0..8 {
+            let ready = self.replica.ready();
+            if ready.is_empty() {
+                break;
+            }
+            // 1. Durable first.
+            if !ready.persist.is_empty() {
+                self.wal
+                    .append(&ready.persist)
+                    .and_then(|()| self.wal.sync())
+                    .map_err(|e| format!("write-ahead log failed: {e}"))?;
+            }
+            // 2. Then the network.
+            for envelope in ready.messages {
+                self.transport
+                    .send(envelope.to.0, Wire::Core(envelope.message));
+            }
+            // 3. Then the state machine.
+            for (slot, entry) in ready.apply {
+                self.apply(slot, &entry);
+            }
+            // 4. Events.
+            for event in ready.events {
+                self.on_event(event);
+            }
+        }
+        self.serve_applied_reads();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, slot: Slot, entry: &Entry) {
+        let output = self.kv.apply(slot, entry);
+        if let Some(id) = entry.request_id() {
+            if let Some(write) = self.writes.remove(&id) {
+                let _ = write.reply.send(Ok(output));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::LeaderChanged { leader, ballot } => {
+                tracing::info!(node = self.cfg.id, leader = ?leader.map(|l| l.0), %ballot, "leader changed");
+            }
+            Event::ProposalDropped { id, reason } => {
+                if self.writes.contains_key(&id) {
+                    let delay = match reason {
+                        DropReason::NotLeader | DropReason::Lost => Duration::ZERO,
+                        DropReason::Overloaded => RETRY_INTERVAL,
+                    };
+                    self.write_retries.push_back((Instant::now() + delay, id));
+                }
+            }
+            Event::ReadReady {
+                read_id,
+                read_index,
+            } => {
+                if let Some(read) = self.reads_awaiting_index.remove(&read_id) {
+                    self.reads_awaiting_apply
+                        .insert((read_index.0, read_id), read);
+                }
+            }
+            Event::ReadFailed { read_id, .. } => {
+                if let Some(read) = self.reads_awaiting_index.remove(&read_id) {
+                    self.reads_to_retry.insert(read_id, read);
+                    self.read_retries
+                        .push_back((Instant::now() + RETRY_INTERVAL, read_id));
+                }
+            }
+            Event::SnapshotNeeded { from, log_start } => {
+                self.request_snapshot(from, log_start);
+            }
+        }
+    }
+
+    // ----- writes ----------------------------------------------------------
+
+    fn start_write(&mut self, request: WriteRequest) {
+        if self.writes.len() >= self.cfg.max_pending_requests {
+            let _ = request.reply.send(Err(ApiError::new(
+                503,
+                "too many requests are waiting at this replica; retry later",
+            )));
+            return;
+        }
+        if self.writes.contains_key(&request.id) {
+            let _ = request.reply.send(Err(ApiError::new(
+                409,
+                format!("request {} is already in flight", request.id),
+            )));
+            return;
+        }
+        // Refuse what cannot succeed against the state as we know it, so a
+        // type or name error never reaches the log (it can still fail at
+        // apply time if the state changes in between).
+        if let Err(ApplyResult::Error { kind, message }) = self.kv.check(&request.command) {
+            let _ = request.reply.send(Err(ApiError::new(
+                400,
+                format!("{}: {message}", kind_name(&kind)),
+            )));
+            return;
+        }
+        let id = request.id;
+        self.writes.insert(
+            id,
+            PendingWrite {
+                payload: request.command.encode(),
+                reply: request.reply,
+                deadline: request.deadline,
+            },
+        );
+        self.timeouts
+            .push(Reverse((request.deadline, TimeoutKey::Write(id))));
+        self.propose(id);
+    }
+
+    fn propose(&mut self, id: RequestId) {
+        let Some(write) = self.writes.get(&id) else {
+            return;
+        };
+        let proposal = Proposal {
+            id,
+            payload: write.payload.clone(),
+        };
+        match self.replica.propose(proposal) {
+            Ok(_) => {}
+            Err(ProposeError::NoLeader) | Err(ProposeError::Overloaded) => {
+                self.write_retries
+                    .push_back((Instant::now() + RETRY_INTERVAL, id));
+            }
+        }
+    }
+
+    // ----- reads -----------------------------------------------------------
+
+    fn start_read(&mut self, request: ReadRequest) {
+        let needs_state = matches!(
+            request.query,
+            Query::Get(_) | Query::Scan { .. } | Query::Db
+        );
+        if !needs_state {
+            let answer = self.answer(&request.query);
+            let _ = request.reply.send(answer);
+            return;
+        }
+        match request.consistency {
+            Consistency::Local => {
+                let answer = self.answer(&request.query);
+                let _ = request.reply.send(answer);
+            }
+            Consistency::MinRound(round) => {
+                let read_id = self.new_read_id();
+                self.timeouts
+                    .push(Reverse((request.deadline, TimeoutKey::Read(read_id))));
+                // Round N is applied once current_round > N.
+                self.reads_awaiting_apply
+                    .insert((round + 1, read_id), PendingRead { request });
+                self.serve_applied_reads();
+            }
+            Consistency::Linearizable => {
+                let read_id = self.new_read_id();
+                self.timeouts
+                    .push(Reverse((request.deadline, TimeoutKey::Read(read_id))));
+                self.request_read_index(read_id, PendingRead { request });
+            }
+        }
+    }
+
+    fn new_read_id(&mut self) -> u64 {
+        self.next_read_id += 1;
+        self.next_read_id
+    }
+
+    fn request_read_index(&mut self, read_id: u64, read: PendingRead) {
+        match self.replica.read_index(read_id) {
+            Ok(()) => {
+                self.reads_awaiting_index.insert(read_id, read);
+            }
+            Err(_) => {
+                self.reads_to_retry.insert(read_id, read);
+                self.read_retries
+                    .push_back((Instant::now() + RETRY_INTERVAL, read_id));
+            }
+        }
+    }
+
+    fn serve_applied_reads(&mut self) {
+        let applied = self.kv.applied_upto().0;
+        while let Some(entry) = self.reads_awaiting_apply.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            let read = entry.remove();
+            let answer = self.answer(&read.request.query);
+            let _ = read.request.reply.send(answer);
+        }
+    }
+
+    fn answer(&self, query: &Query) -> Result<Answer, ApiError> {
+        let current_round = self.kv.applied_upto().0;
+        Ok(match query {
+            Query::Get(key) => Answer::Value {
+                value: self.kv.get(key).cloned(),
+                current_round,
+            },
+            Query::Scan { prefix, limit } => Answer::Items {
+                items: self.kv.scan(prefix, *limit),
+                current_round,
+            },
+            Query::Db => Answer::Db {
+                current_round,
+                db: self.kv.db_json(),
+            },
+            Query::Current => Answer::Current(current_round),
+            Query::Fetch(round) => Answer::Fetched(self.fetch(*round)),
+            Query::Status => Answer::Status(Box::new(self.status())),
+        })
+    }
+
+    fn fetch(&self, round: u64) -> Fetched {
+        let slot = Slot(round);
+        if slot < self.replica.log_start() {
+            return Fetched::Compacted {
+                log_start: self.replica.log_start().0,
+            };
+        }
+        match self.replica.chosen_entry(slot) {
+            Some(Entry::Noop) => Fetched::Value {
+                round_id: round,
+                value: None,
+            },
+            Some(Entry::Command { payload, .. }) => Fetched::Value {
+                round_id: round,
+                value: Some(match KvCommand::decode(payload) {
+                    Ok(command) => command.describe(),
+                    Err(e) => format!("<undecodable command: {e}>"),
+                }),
+            },
+            None => Fetched::NotYet {
+                current_round: self.kv.applied_upto().0,
+            },
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let report: StatusReport = self.replica.status();
+        let tick_ms = self.cfg.tick_ms;
+        let transport: HashMap<u32, PeerStatus> = self
+            .transport
+            .peer_status()
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        let peers = report
+            .peers
+            .iter()
+            .map(|p| {
+                let t = transport.get(&p.id.0);
+                PeerInfo {
+                    id: p.id.0,
+                    address: self
+                        .cfg
+                        .peers
+                        .get(p.id.0 as usize)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    reachable: t.is_some_and(|t| t.connected),
+                    last_heard_ms_ago: p.last_heard_ticks_ago.map(|t| t * tick_ms),
+                    chosen_round: p.chosen_upto.0,
+                    last_error: t.and_then(|t| t.last_error.clone()),
+                }
+            })
+            .collect();
+        NodeStatus {
+            id: self.cfg.id,
+            role: report.role,
+            leader: report.leader.map(|l| l.0),
+            promised_ballot: report.promised.to_string(),
+            leader_ballot: report.leader_ballot.map(|b| b.to_string()),
+            current_round: self.kv.applied_upto().0,
+            applied_round: report.applied_upto.0,
+            chosen_round: report.chosen_upto.0,
+            log_start: report.log_start.0,
+            next_round: report.next_slot.map(|s| s.0),
+            pending_writes: self.writes.len(),
+            last_snapshot_round: self.last_snapshot_round,
+            peers,
+        }
+    }
+
+    // ----- time ------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        self.replica.tick();
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.write_retries.front() {
+            if at > now {
+                break;
+            }
+            self.write_retries.pop_front();
+            self.propose(id);
+        }
+        while let Some(&(at, read_id)) = self.read_retries.front() {
+            if at > now {
+                break;
+            }
+            self.read_retries.pop_front();
+            if let Some(read) = self.reads_to_retry.remove(&read_id) {
+                self.request_read_index(read_id, read);
+            }
+        }
+        while let Some(Reverse((at, key))) = self.timeouts.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timeouts.pop();
+            self.expire(key);
+        }
+        self.check_snapshot_transfer(now);
+    }
+
+    fn expire(&mut self, key: TimeoutKey) {
+        let current_round = self.kv.applied_upto().0;
+        match key {
+            TimeoutKey::Write(id) => {
+                if let Some(write) = self.writes.get(&id) {
+                    if write.deadline > Instant::now() {
+                        return;
+                    }
+                }
+                if let Some(write) = self.writes.remove(&id) {
+                    let reason = if self.replica.leader().is_none() {
+                        "no leader: a majority of replicas is not reachable"
+                    } else {
+                        "timed out waiting for consensus"
+                    };
+                    let _ = write.reply.send(Err(ApiError::new(
+                        503,
+                        format!(
+                            "{reason}; the command may still be applied later. Retrying with the same \
+                             x-paxlog-client-id and x-paxlog-request-seq is safe (request {id})"
+                        ),
+                    )));
+                }
+            }
+            TimeoutKey::Read(read_id) => {
+                let read = self
+                    .reads_awaiting_index
+                    .remove(&read_id)
+                    .or_else(|| self.reads_to_retry.remove(&read_id))
+                    .or_else(|| {
+                        let key = self
+                            .reads_awaiting_apply
+                            .keys()
+                            .find(|(_, r)| *r == read_id)
+                            .copied()?;
+                        self.reads_awaiting_apply.remove(&key)
+                    });
+                if let Some(read) = read {
+                    let message = match read.request.consistency {
+                        Consistency::MinRound(round) => format!(
+                            "this replica has not applied round {round} yet (current round {current_round}); \
+                             retry later or ask another replica"
+                        ),
+                        _ => "could not confirm a linearizable read: no leader reachable with a quorum"
+                            .to_string(),
+                    };
+                    let _ = read.request.reply.send(Err(ApiError {
+                        status: 503,
+                        message,
+                        current_round: Some(current_round),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn fail_everything(&mut self, reason: &str) {
+        for (_, write) in self.writes.drain() {
+            let _ = write.reply.send(Err(ApiError::new(503, reason)));
+        }
+        let reads = self
+            .reads_awaiting_index
+            .drain()
+            .map(|(_, r)| r)
+            .chain(self.reads_to_retry.drain().map(|(_, r)| r))
+            .chain(std::mem::take(&mut self.reads_awaiting_apply).into_values())
+            .collect::<Vec<_>>();
+        for read in reads {
+            let _ = read.request.reply.send(Err(ApiError::new(503, reason)));
+        }
+    }
+
+    // ----- snapshots -------------------------------------------------------
+
+    fn maybe_snapshot(&mut self) -> Result<(), String> {
+        let applied = self.kv.applied_upto().0;
+        if applied < self.last_snapshot_round + self.cfg.snapshot_every_rounds {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let image = self.kv.snapshot();
+        self.snapshots
+            .save(Slot(applied), &image)
+            .map_err(|e| format!("snapshot failed: {e}"))?;
+        self.replica.compact(Slot(applied));
+        let removed = self
+            .wal
+            .compact(Slot(applied))
+            .map_err(|e| format!("log compaction failed: {e}"))?;
+        self.last_snapshot_round = applied;
+        tracing::info!(
+            node = self.cfg.id,
+            round = applied,
+            bytes = image.len(),
+            segments_removed = removed.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+
+    fn request_snapshot(&mut self, from: NodeId, log_start: Slot) {
+        if self.incoming_snapshot.is_some() {
+            return;
+        }
+        tracing::info!(
+            node = self.cfg.id,
+            from = from.0,
+            log_start = log_start.0,
+            "fetching a snapshot: the rounds we need were compacted"
+        );
+        self.incoming_snapshot = Some(IncomingSnapshot {
+            from,
+            log_start: None,
+            receiver: None,
+            last_progress: Instant::now(),
+        });
+        self.transport.send(
+            from.0,
+            Wire::SnapshotRequest {
+                log_start: None,
+                offset: 0,
+            },
+        );
+    }
+
+    fn check_snapshot_transfer(&mut self, now: Instant) {
+        let Some(incoming) = &mut self.incoming_snapshot else {
+            return;
+        };
+        if now.duration_since(incoming.last_progress) < SNAPSHOT_STALL {
+            return;
+        }
+        // Resume where we are (or give up if the peer has nothing newer).
+        incoming.last_progress = now;
+        let offset = incoming.receiver.as_ref().map_or(0, |r| r.received());
+        let (from, log_start) = (incoming.from, incoming.log_start);
+        self.transport
+            .send(from.0, Wire::SnapshotRequest { log_start, offset });
+    }
+
+    fn on_peer(&mut self, from: u32, wire: Wire) -> Result<(), String> {
+        match wire {
+            Wire::Core(message) => self.on_core_message(from, message),
+            Wire::SnapshotRequest { log_start, offset } => {
+                let newest = self.last_snapshot_round;
+                let slot = log_start.unwrap_or(Slot(newest));
+                let reply = if slot.0 == 0 {
+                    Wire::SnapshotUnavailable
+                } else {
+                    match self
+                        .snapshots
+                        .read_chunk(slot, offset, SNAPSHOT_CHUNK_BYTES)
+                    {
+                        Ok(chunk) => Wire::SnapshotChunk {
+                            log_start: chunk.log_start,
+                            offset: chunk.offset,
+                            data: chunk.data,
+                            total_len: chunk.total_len,
+                            total_crc: chunk.total_crc,
+                            chunk_crc: chunk.chunk_crc,
+                        },
+                        Err(e) => {
+                            tracing::warn!(node = self.cfg.id, peer = from, error = %e, "cannot serve snapshot chunk");
+                            Wire::SnapshotUnavailable
+                        }
+                    }
+                };
+                self.transport.send(from, reply);
+            }
+            Wire::SnapshotChunk {
+                log_start,
+                offset,
+                data,
+                total_len,
+                total_crc,
+                chunk_crc,
+            } => self.on_snapshot_chunk(
+                from, log_start, offset, data, total_len, total_crc, chunk_crc,
+            )?,
+            Wire::SnapshotUnavailable => {
+                if self
+                    .incoming_snapshot
+                    .as_ref()
+                    .is_some_and(|i| i.from.0 == from)
+                {
+                    if let Some(incoming) = self.incoming_snapshot.take() {
+                        if let Some(receiver) = incoming.receiver {
+                            let _ = receiver.abort();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_core_message(&mut self, from: u32, message: Message) {
+        self.replica.step(NodeId(from), message);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot_chunk(
+        &mut self,
+        from: u32,
+        log_start: Slot,
+        offset: u64,
+        data: Vec<u8>,
+        total_len: u64,
+        total_crc: u32,
+        chunk_crc: u32,
+    ) -> Result<(), String> {
+        let Some(incoming) = &mut self.incoming_snapshot else {
+            return Ok(());
+        };
+        if incoming.from.0 != from {
+            return Ok(());
+        }
+        if log_start <= self.kv.applied_upto() {
+            // Nothing newer than what we have: stop.
+            if let Some(incoming) = self.incoming_snapshot.take() {
+                if let Some(receiver) = incoming.receiver {
+                    let _ = receiver.abort();
+                }
+            }
+            return Ok(());
+        }
+        if incoming.log_start != Some(log_start) || incoming.receiver.is_none() {
+            let receiver = self
+                .snapshots
+                .receiver(log_start, total_len, total_crc)
+                .map_err(|e| format!("cannot receive snapshot: {e}"))?;
+            incoming.log_start = Some(log_start);
+            incoming.receiver = Some(receiver);
+        }
+        incoming.last_progress = Instant::now();
+        let Some(receiver) = incoming.receiver.as_mut() else {
+            return Ok(());
+        };
+        if offset != receiver.received() {
+            // Out of order (a resend): ask for what we actually need.
+            let next = receiver.received();
+            self.transport.send(
+                from,
+                Wire::SnapshotRequest {
+                    log_start: Some(log_start),
+                    offset: next,
+                },
+            );
+            return Ok(());
+        }
+        if let Err(e) = receiver.write_chunk(offset, &data, chunk_crc) {
+            tracing::warn!(node = self.cfg.id, peer = from, error = %e, "bad snapshot chunk; restarting transfer");
+            if let Some(incoming) = self.incoming_snapshot.take() {
+                if let Some(receiver) = incoming.receiver {
+                    let _ = receiver.abort();
+                }
+            }
+            return Ok(());
+        }
+        if !receiver.is_complete() {
+            let next = receiver.received();
+            self.transport.send(
+                from,
+                Wire::SnapshotRequest {
+                    log_start: Some(log_start),
+                    offset: next,
+                },
+            );
+            return Ok(());
+        }
+        let Some(incoming) = self.incoming_snapshot.take() else {
+            return Ok(());
+        };
+        let Some(receiver) = incoming.receiver else {
+            return Ok(());
+        };
+        let (slot, path) = match receiver.finalize() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(node = self.cfg.id, error = %e, "received snapshot failed verification");
+                return Ok(());
+            }
+        };
+        let image = self
+            .snapshots
+            .load(slot)
+            .map_err(|e| format!("cannot read received snapshot {}: {e}", path.display()))?;
+        let mut restored = KvStore::new(self.kv.options());
+        if let Err(e) = restored.restore(&image) {
+            tracing::warn!(node = self.cfg.id, error = %e, "received snapshot does not restore");
+            return Ok(());
+        }
+        if restored.applied_upto() != slot {
+            tracing::warn!(
+                node = self.cfg.id,
+                "received snapshot covers another round than announced"
+            );
+            return Ok(());
+        }
+        self.kv = restored;
+        self.replica.install_snapshot(slot);
+        self.wal
+            .compact(slot)
+            .map_err(|e| format!("log compaction failed: {e}"))?;
+        self.last_snapshot_round = slot.0;
+        tracing::info!(
+            node = self.cfg.id,
+            round = slot.0,
+            from,
+            "installed snapshot from peer"
+        );
+        Ok(())
+    }
+
+    /// Uptime, for status pages.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+pub fn kind_name(kind: &paxlog_kv::ErrorKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{kind:?}"))
+}

@@ -1,0 +1,547 @@
+//! The client HTTP API: the seed's endpoints with the seed's JSON shapes,
+//! plus a key-value API. Every error is a JSON body naming the problem.
+
+// Handlers return `Result<_, Response>` so `?` turns any failure into its
+// JSON error response; the error path is cold, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use crate::driver::{
+    kind_name, Answer, ApiError, Consistency, DriverInput, Fetched, Query, ReadRequest,
+    WriteRequest,
+};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use paxlog_core::RequestId;
+use paxlog_kv::{ApplyOutput, ApplyResult, KvCommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+pub const CLIENT_ID_HEADER: &str = "x-paxlog-client-id";
+pub const REQUEST_SEQ_HEADER: &str = "x-paxlog-request-seq";
+/// Largest `limit` a scan may ask for.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    driver: mpsc::Sender<DriverInput>,
+    request_timeout: Duration,
+    /// Request ids for clients that bring none: a random base per process
+    /// plus a counter, so ids never repeat across restarts.
+    id_base: u64,
+    id_counter: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(driver: mpsc::Sender<DriverInput>, request_timeout: Duration) -> AppState {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u64(std::process::id().into());
+        AppState {
+            inner: Arc::new(Inner {
+                driver,
+                request_timeout,
+                id_base: hasher.finish(),
+                id_counter: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn fresh_request_id(&self) -> RequestId {
+        let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+        RequestId {
+            client_id: self
+                .inner
+                .id_base
+                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            seq: 1,
+        }
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/command", post(post_command))
+        .route("/current", get(get_current))
+        .route("/fetch", get(get_fetch))
+        .route("/db", get(get_db))
+        .route("/status", get(get_status))
+        .route("/v1/kv", get(scan))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/cas/{*key}", post(kv_cas))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+// ----- errors --------------------------------------------------------------
+
+fn error_response(status: u16, message: impl Into<String>) -> Response {
+    error_with(status, message.into(), json!({}))
+}
+
+fn error_with(status: u16, message: String, mut extra: Value) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Value::Object(map) = &mut extra {
+        map.insert("status".into(), json!("error"));
+        map.insert("error".into(), json!(message));
+    }
+    (code, Json(extra)).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let extra = match self.current_round {
+            Some(round) => json!({ "current_round": round }),
+            None => json!({}),
+        };
+        error_with(self.status, self.message, extra)
+    }
+}
+
+async fn not_found() -> Response {
+    error_response(
+        404,
+        "no such endpoint; see /status, /db, /current, /fetch?round_id=N, POST /command, /v1/kv/KEY",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(405, "method not allowed on this endpoint")
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|rejection| {
+        let status = rejection.status().as_u16();
+        let message = if status == 413 {
+            "request body is too large".to_string()
+        } else {
+            format!("cannot read request body: {}", rejection.body_text())
+        };
+        error_response(status, message)
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error_response(400, format!("invalid JSON body: {e}")))
+}
+
+// ----- talking to the driver -------------------------------------------------
+
+impl AppState {
+    async fn write(&self, command: KvCommand, id: RequestId) -> Result<ApplyOutput, Response> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let input = DriverInput::Write(WriteRequest {
+            command,
+            id,
+            reply,
+            deadline,
+        });
+        self.submit(input).await?;
+        match answer.await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(error.into_response()),
+            Err(_) => Err(error_response(503, "the replica stopped before answering")),
+        }
+    }
+
+    async fn read(&self, query: Query, consistency: Consistency) -> Result<Answer, Response> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.inner.request_timeout;
+        let input = DriverInput::Read(ReadRequest {
+            query,
+            consistency,
+            reply,
+            deadline,
+        });
+        self.submit(input).await?;
+        match answer.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(error.into_response()),
+            Err(_) => Err(error_response(503, "the replica stopped before answering")),
+        }
+    }
+
+    async fn submit(&self, input: DriverInput) -> Result<(), Response> {
+        match self.inner.driver.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(error_response(
+                503,
+                "the replica is overloaded; retry later",
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(error_response(503, "the replica is shutting down"))
+            }
+        }
+    }
+
+    /// The client's own id from headers (exactly-once across retries), or a
+    /// fresh one.
+    fn request_id(&self, headers: &HeaderMap) -> Result<RequestId, Response> {
+        let header = |name: &str| -> Result<Option<u64>, Response> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(value) => value
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        error_response(400, format!("header {name} must be an unsigned integer"))
+                    }),
+            }
+        };
+        match (header(CLIENT_ID_HEADER)?, header(REQUEST_SEQ_HEADER)?) {
+            (Some(client_id), Some(seq)) if seq > 0 => Ok(RequestId { client_id, seq }),
+            (None, None) => Ok(self.fresh_request_id()),
+            _ => Err(error_response(
+                400,
+                format!(
+                    "give both {CLIENT_ID_HEADER} and {REQUEST_SEQ_HEADER} (seq > 0), or neither"
+                ),
+            )),
+        }
+    }
+}
+
+// ----- read options ----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    consistency: Option<String>,
+    min_round: Option<u64>,
+}
+
+fn consistency(params: &ReadParams, default: Consistency) -> Result<Consistency, Response> {
+    match (params.consistency.as_deref(), params.min_round) {
+        (_, Some(round)) => Ok(Consistency::MinRound(round)),
+        (None, None) => Ok(default),
+        (Some("linearizable"), None) => Ok(Consistency::Linearizable),
+        (Some("local"), None) => Ok(Consistency::Local),
+        (Some(other), None) => Err(error_response(
+            400,
+            format!("unknown consistency '{other}': use linearizable, local, or min_round=N"),
+        )),
+    }
+}
+
+fn query_or_error<T>(params: Result<QueryParams<T>, QueryRejection>) -> Result<T, Response> {
+    params
+        .map(|QueryParams(p)| p)
+        .map_err(|e| error_response(400, format!("bad query string: {}", e.body_text())))
+}
+
+// ----- the seed's endpoints ----------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandBody {
+    command: String,
+}
+
+async fn post_command(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        let body = body_or_error(body)?;
+        let CommandBody { command } = parse_json(&body)?;
+        let parsed = KvCommand::exec(command.clone())
+            .map_err(|e| error_response(400, format!("cannot parse command: {e}")))?;
+        let id = state.request_id(&headers)?;
+        let output = state.write(parsed, id).await?;
+        Ok::<_, Response>(command_response(&command, output))
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+fn round_of(output: &ApplyOutput) -> u64 {
+    output.original_slot.unwrap_or(output.slot).0
+}
+
+fn command_response(command: &str, output: ApplyOutput) -> Response {
+    let round_id = round_of(&output);
+    match output.result {
+        ApplyResult::Ok { .. } => Json(json!({
+            "status": "success",
+            "round_id": round_id,
+            "command": command,
+            "duplicate": output.duplicate,
+        }))
+        .into_response(),
+        ApplyResult::Error { kind, message } => error_with(
+            400,
+            format!("{}: {message}", kind_name(&kind)),
+            json!({ "round_id": round_id, "command": command, "kind": kind }),
+        ),
+    }
+}
+
+async fn get_current(State(state): State<AppState>) -> Response {
+    match state.read(Query::Current, Consistency::Local).await {
+        Ok(Answer::Current(round)) => Json(json!({ "round_id": round })).into_response(),
+        Ok(_) => error_response(500, "unexpected answer"),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchParams {
+    round_id: Option<String>,
+}
+
+async fn get_fetch(
+    State(state): State<AppState>,
+    params: Result<QueryParams<FetchParams>, QueryRejection>,
+) -> Response {
+    let fetch_error = |status: u16, message: String| {
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            Json(json!({ "success": false, "error": message })),
+        )
+            .into_response()
+    };
+    let params = match params {
+        Ok(QueryParams(p)) => p,
+        Err(e) => return fetch_error(400, format!("bad query string: {}", e.body_text())),
+    };
+    let Some(raw) = params.round_id else {
+        return fetch_error(400, "missing round_id: use /fetch?round_id=N".into());
+    };
+    let Ok(round) = raw.trim().parse::<u64>() else {
+        return fetch_error(
+            400,
+            format!("round_id must be a non-negative integer, got '{raw}'"),
+        );
+    };
+    match state.read(Query::Fetch(round), Consistency::Local).await {
+        Ok(Answer::Fetched(Fetched::Value { round_id, value })) => Json(json!({
+            "success": true,
+            "round_id": round_id,
+            "value": value,
+            "noop": value.is_none(),
+        }))
+        .into_response(),
+        Ok(Answer::Fetched(Fetched::NotYet { current_round })) => fetch_error(
+            404,
+            format!("round {round} is not chosen yet here (current round {current_round})"),
+        ),
+        Ok(Answer::Fetched(Fetched::Compacted { log_start })) => fetch_error(
+            410,
+            format!(
+                "round {round} was compacted into a snapshot; this replica keeps rounds from {log_start} on (GET /db shows the state)"
+            ),
+        ),
+        Ok(_) => fetch_error(500, "unexpected answer".into()),
+        Err(response) => response,
+    }
+}
+
+async fn get_db(
+    State(state): State<AppState>,
+    params: Result<QueryParams<ReadParams>, QueryRejection>,
+) -> Response {
+    let run = async {
+        let params = query_or_error(params)?;
+        let consistency = consistency(&params, Consistency::Local)?;
+        match state.read(Query::Db, consistency).await? {
+            Answer::Db { current_round, db } => {
+                Ok(Json(json!({ "current_round": current_round, "db": db })).into_response())
+            }
+            _ => Err(error_response(500, "unexpected answer")),
+        }
+    };
+    run.await.unwrap_or_else(|r: Response| r)
+}
+
+async fn get_status(State(state): State<AppState>) -> Response {
+    match state.read(Query::Status, Consistency::Local).await {
+        Ok(Answer::Status(status)) => Json(status).into_response(),
+        Ok(_) => error_response(500, "unexpected answer"),
+        Err(response) => response,
+    }
+}
+
+// ----- the key-value API -------------------------------------------------------
+
+async fn kv_get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    params: Result<QueryParams<ReadParams>, QueryRejection>,
+) -> Response {
+    let run = async {
+        paxlog_kv::validate_key(&key).map_err(|e| error_response(400, e.to_string()))?;
+        let params = query_or_error(params)?;
+        let consistency = consistency(&params, Consistency::Linearizable)?;
+        match state.read(Query::Get(key.clone()), consistency).await? {
+            Answer::Value {
+                value: Some(value),
+                current_round,
+            } => Ok(
+                Json(json!({ "key": key, "value": value, "current_round": current_round }))
+                    .into_response(),
+            ),
+            Answer::Value {
+                value: None,
+                current_round,
+            } => Err(error_with(
+                404,
+                format!("key '{key}' not found"),
+                json!({ "key": key, "current_round": current_round }),
+            )),
+            _ => Err(error_response(500, "unexpected answer")),
+        }
+    };
+    run.await.unwrap_or_else(|r: Response| r)
+}
+
+fn write_response(key: &str, output: ApplyOutput) -> Response {
+    let round_id = round_of(&output);
+    match output.result {
+        ApplyResult::Ok { value } => {
+            let mut body =
+                json!({ "key": key, "round_id": round_id, "duplicate": output.duplicate });
+            if let (Value::Object(map), Some(Value::Object(extra))) = (&mut body, value) {
+                map.extend(extra);
+            }
+            Json(body).into_response()
+        }
+        ApplyResult::Error { kind, message } => error_with(
+            400,
+            format!("{}: {message}", kind_name(&kind)),
+            json!({ "key": key, "round_id": round_id, "kind": kind }),
+        ),
+    }
+}
+
+async fn kv_put(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        let body = body_or_error(body)?;
+        let value: Value = parse_json(&body)?;
+        let command =
+            KvCommand::put(key.clone(), &value).map_err(|e| error_response(400, e.to_string()))?;
+        let id = state.request_id(&headers)?;
+        let output = state.write(command, id).await?;
+        Ok::<_, Response>(write_response(&key, output))
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+async fn kv_delete(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        let command =
+            KvCommand::delete(key.clone()).map_err(|e| error_response(400, e.to_string()))?;
+        let id = state.request_id(&headers)?;
+        let output = state.write(command, id).await?;
+        Ok::<_, Response>(write_response(&key, output))
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    /// The value the key must hold; omitted: the key must be absent.
+    #[serde(default, deserialize_with = "present")]
+    expected: Option<Value>,
+    value: Value,
+}
+
+/// Distinguishes `"expected": null` (must hold null) from no field (absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+async fn kv_cas(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        let body = body_or_error(body)?;
+        let CasBody { expected, value } = parse_json(&body)?;
+        let command = KvCommand::cas(key.clone(), expected.as_ref(), &value)
+            .map_err(|e| error_response(400, e.to_string()))?;
+        let id = state.request_id(&headers)?;
+        let output = state.write(command, id).await?;
+        Ok::<_, Response>(write_response(&key, output))
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanParams {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    consistency: Option<String>,
+    min_round: Option<u64>,
+}
+
+async fn scan(
+    State(state): State<AppState>,
+    params: Result<QueryParams<ScanParams>, QueryRejection>,
+) -> Response {
+    let run = async {
+        let params = query_or_error(params)?;
+        let limit = params.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_SCAN_LIMIT {
+            return Err(error_response(
+                400,
+                format!("limit must be 1..={MAX_SCAN_LIMIT}"),
+            ));
+        }
+        let read = ReadParams {
+            consistency: params.consistency,
+            min_round: params.min_round,
+        };
+        let consistency = consistency(&read, Consistency::Linearizable)?;
+        let query = Query::Scan {
+            prefix: params.prefix,
+            limit,
+        };
+        match state.read(query, consistency).await? {
+            Answer::Items {
+                items,
+                current_round,
+            } => {
+                let items: Vec<Value> = items
+                    .into_iter()
+                    .map(|(key, value)| json!({ "key": key, "value": value }))
+                    .collect();
+                Ok(Json(json!({ "items": items, "current_round": current_round })).into_response())
+            }
+            _ => Err(error_response(500, "unexpected answer")),
+        }
+    };
+    run.await.unwrap_or_else(|r: Response| r)
+}

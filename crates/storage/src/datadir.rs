@@ -1,0 +1,225 @@
+//! The data directory: metadata, exclusive lock, and where the WAL and
+//! snapshots live.
+
+use crate::error::{io_err, Result, StorageError};
+use crate::format::{classify_wal_name, sync_dir, WalName};
+use crate::snapshot::SnapshotStore;
+use crate::wal::{Recovered, Wal, WalOptions};
+use paxlog_core::Slot;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const META_FILE: &str = "paxlog.meta";
+pub const LOCK_FILE: &str = "paxlog.lock";
+pub const META_FORMAT_VERSION: u32 = 1;
+
+/// Contents of `paxlog.meta` (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub format_version: u32,
+    pub cluster_id: String,
+    pub node_id: u32,
+}
+
+/// An opened, locked data directory. The lock is held until this is dropped.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    meta: Metadata,
+    _lock: File,
+}
+
+/// Everything `DataDir::recover` restores.
+#[derive(Debug)]
+pub struct Recovery {
+    pub wal: Wal,
+    pub snapshots: SnapshotStore,
+    /// The newest snapshot `(log_start, image)`, if any. Restore the state
+    /// machine from it before applying `recovered.state.chosen`.
+    pub snapshot: Option<(Slot, Vec<u8>)>,
+    pub recovered: Recovered,
+}
+
+fn classify_open_error(path: &Path, e: io::Error) -> StorageError {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            StorageError::NotWritable {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+        _ => StorageError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+/// Reads and validates `paxlog.meta`; `Ok(None)` if it does not exist.
+pub fn read_metadata(dir: &Path) -> Result<Option<Metadata>> {
+    let path = dir.join(META_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::Io { path, source: e }),
+    };
+    let meta: Metadata =
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::CorruptMetadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    if meta.format_version != META_FORMAT_VERSION {
+        return Err(StorageError::UnsupportedVersion {
+            path,
+            found: meta.format_version,
+            supported: META_FORMAT_VERSION,
+        });
+    }
+    Ok(Some(meta))
+}
+
+/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let dst = dir.join(name);
+    let mut f = File::create(&tmp).map_err(|e| classify_open_error(&tmp, e))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    sync_dir(dir).map_err(io_err(dir))?;
+    Ok(())
+}
+
+fn has_data_files(dir: &Path) -> Result<bool> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if matches!(classify_wal_name(&name), WalName::Segment(_))
+            || (name.starts_with("snapshot-") && name.ends_with(".snap"))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+impl DataDir {
+    /// Opens `path` (creating it and its metadata if needed), checks it
+    /// belongs to `cluster_id` / `node_id`, and takes the exclusive lock.
+    pub fn open_or_init(path: impl AsRef<Path>, cluster_id: &str, node_id: u32) -> Result<DataDir> {
+        let path = path.as_ref().to_path_buf();
+        if cluster_id.is_empty() {
+            return Err(StorageError::InvalidArgument("cluster id is empty".into()));
+        }
+        fs::create_dir_all(&path).map_err(|e| classify_open_error(&path, e))?;
+
+        let lock_path = path.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| classify_open_error(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Locked {
+                    dir: path,
+                    lock_file: lock_path,
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StorageError::Io {
+                    path: lock_path,
+                    source: e,
+                })
+            }
+        }
+        // Diagnostics only: who holds the lock.
+        lock.set_len(0)
+            .map_err(|e| classify_open_error(&lock_path, e))?;
+        writeln!(lock, "{}", std::process::id()).map_err(|e| classify_open_error(&lock_path, e))?;
+
+        let meta = match read_metadata(&path)? {
+            Some(meta) => {
+                if meta.cluster_id != cluster_id {
+                    return Err(StorageError::ClusterMismatch {
+                        path,
+                        expected: cluster_id.to_string(),
+                        found: meta.cluster_id,
+                    });
+                }
+                if meta.node_id != node_id {
+                    return Err(StorageError::NodeMismatch {
+                        path,
+                        expected: node_id,
+                        found: meta.node_id,
+                    });
+                }
+                meta
+            }
+            None => {
+                if has_data_files(&path)? {
+                    return Err(StorageError::CorruptMetadata {
+                        path: path.join(META_FILE),
+                        reason: "missing, but the directory holds WAL or snapshot files".into(),
+                    });
+                }
+                let meta = Metadata {
+                    format_version: META_FORMAT_VERSION,
+                    cluster_id: cluster_id.to_string(),
+                    node_id,
+                };
+                let mut json = serde_json::to_vec_pretty(&meta).map_err(|e| {
+                    StorageError::InvalidArgument(format!("encoding metadata: {e}"))
+                })?;
+                json.push(b'\n');
+                write_atomically(&path, META_FILE, &json)?;
+                meta
+            }
+        };
+        Ok(DataDir {
+            path,
+            meta,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The snapshot store (same directory).
+    pub fn snapshots(&self) -> Result<SnapshotStore> {
+        SnapshotStore::open(&self.path)
+    }
+
+    /// Opens the WAL (same directory), replaying from `log_start`.
+    pub fn open_wal(&self, log_start: Slot, opts: WalOptions) -> Result<(Wal, Recovered)> {
+        Wal::open(&self.path, log_start, opts)
+    }
+
+    /// The whole restart sequence: load the newest snapshot, then open the
+    /// WAL replaying from the snapshot's `log_start`.
+    pub fn recover(&self, opts: WalOptions) -> Result<Recovery> {
+        let snapshots = self.snapshots()?;
+        let snapshot = snapshots.load_latest()?;
+        let log_start = snapshot.as_ref().map_or(Slot::ZERO, |(s, _)| *s);
+        let (wal, recovered) = self.open_wal(log_start, opts)?;
+        Ok(Recovery {
+            wal,
+            snapshots,
+            snapshot,
+            recovered,
+        })
+    }
+}
