@@ -1,1 +1,526 @@
-fn main() {}
+//! `paxlog`: run a replica or a local cluster, talk to one as a client,
+//! inspect a data folder, and measure.
+
+mod client;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use paxlog_server::NodeConfig;
+use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "paxlog",
+    version,
+    about = "A Multi-Paxos replicated log and key-value store"
+)]
+struct Cli {
+    /// Log format for node and cluster.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PAXLOG_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one replica.
+    Node(NodeArgs),
+    /// Run a local cluster (3 replicas by default) on this machine.
+    Cluster(ClusterArgs),
+    /// Set KEY to VALUE (JSON, or else taken as a string).
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Read KEY.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+        consistency: ReadConsistency,
+        /// Wait until the replica has applied this round (read-your-writes).
+        #[arg(long)]
+        min_round: Option<u64>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Delete KEY.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Set KEY to NEW only if it holds OLD (`--expect OLD`) or is absent (`--absent`).
+    Cas {
+        key: String,
+        new: String,
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+        expect: Option<String>,
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// List keys starting with PREFIX.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Run a command of the seed's language, e.g. 'li += [1, 2]'.
+    Command {
+        command: String,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// A replica's status (role, leader, rounds, peers).
+    Status {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// A replica's whole database, as the seed's /db.
+    Db {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// The command chosen for a round.
+    Fetch {
+        round: u64,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Report what a data folder holds (read only).
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReadConsistency {
+    Linearizable,
+    Local,
+}
+
+#[derive(Args, Clone)]
+struct Endpoints {
+    /// Replica HTTP endpoints, tried in turn until one answers.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "PAXLOG_ENDPOINTS",
+        default_value = "http://127.0.0.1:5000,http://127.0.0.1:5001,http://127.0.0.1:5002"
+    )]
+    endpoints: Vec<String>,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// A TOML file with the node's settings; flags override it.
+    #[arg(long, env = "PAXLOG_CONFIG")]
+    config: Option<PathBuf>,
+    /// This replica's id: its index in --peers.
+    #[arg(long, env = "PAXLOG_ID")]
+    id: Option<u32>,
+    /// Every replica's peer-protocol address, in id order.
+    #[arg(long, value_delimiter = ',', env = "PAXLOG_PEERS")]
+    peers: Option<Vec<SocketAddr>>,
+    /// Client HTTP API address.
+    #[arg(long, env = "PAXLOG_HTTP")]
+    http: Option<SocketAddr>,
+    #[arg(long, env = "PAXLOG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "PAXLOG_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Shared secret peers must prove (HMAC handshake).
+    #[arg(long, env = "PAXLOG_CLUSTER_SECRET")]
+    cluster_secret: Option<String>,
+    #[arg(long, env = "PAXLOG_TICK_MS")]
+    tick_ms: Option<u64>,
+    #[arg(long, env = "PAXLOG_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    #[arg(long, env = "PAXLOG_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Number of replicas.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Replica i serves HTTP on base-port + i.
+    #[arg(long, default_value_t = 5000)]
+    base_port: u16,
+    /// Replica i talks to its peers on peer-base-port + i (default: base-port + 1000).
+    #[arg(long)]
+    peer_base_port: Option<u16>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Replica i keeps its data in DATA_DIR/node-i.
+    #[arg(long, default_value = "./paxlog-data")]
+    data_dir: PathBuf,
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Node(args) => {
+            init_logging(cli.log_format);
+            let cfg = node_config(args)?;
+            paxlog_server::run_node(cfg, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster(args) => {
+            init_logging(cli.log_format);
+            run_cluster(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put {
+            key,
+            value,
+            endpoints,
+        } => {
+            let body = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
+            let path = format!("/v1/kv/{}", encode_key(&key));
+            client_call(&endpoints, Method::PUT, &path, Some(body)).await
+        }
+        Command::Get {
+            key,
+            consistency,
+            min_round,
+            endpoints,
+        } => {
+            let query = match (min_round, consistency) {
+                (Some(round), _) => format!("min_round={round}"),
+                (None, ReadConsistency::Linearizable) => "consistency=linearizable".into(),
+                (None, ReadConsistency::Local) => "consistency=local".into(),
+            };
+            let path = format!("/v1/kv/{}?{query}", encode_key(&key));
+            client_call(&endpoints, Method::GET, &path, None).await
+        }
+        Command::Delete { key, endpoints } => {
+            let path = format!("/v1/kv/{}", encode_key(&key));
+            client_call(&endpoints, Method::DELETE, &path, None).await
+        }
+        Command::Cas {
+            key,
+            new,
+            expect,
+            absent: _,
+            endpoints,
+        } => {
+            let parse = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s));
+            let mut body = serde_json::json!({ "value": parse(new) });
+            if let (Some(expect), Value::Object(map)) = (expect, &mut body) {
+                map.insert("expected".into(), parse(expect));
+            }
+            let path = format!("/v1/cas/{}", encode_key(&key));
+            client_call(&endpoints, Method::POST, &path, Some(body)).await
+        }
+        Command::Scan {
+            prefix,
+            limit,
+            endpoints,
+        } => {
+            let path = format!("/v1/kv?prefix={}&limit={limit}", encode_key(&prefix));
+            client_call(&endpoints, Method::GET, &path, None).await
+        }
+        Command::Command { command, endpoints } => {
+            let body = serde_json::json!({ "command": command });
+            client_call(&endpoints, Method::POST, "/command", Some(body)).await
+        }
+        Command::Status { endpoints } => {
+            client_call(&endpoints, Method::GET, "/status", None).await
+        }
+        Command::Db { endpoints } => client_call(&endpoints, Method::GET, "/db", None).await,
+        Command::Fetch { round, endpoints } => {
+            let path = format!("/fetch?round_id={round}");
+            client_call(&endpoints, Method::GET, &path, None).await
+        }
+        Command::Inspect { dir, json } => {
+            let report = paxlog_storage::inspect(&dir)
+                .with_context(|| format!("cannot inspect {}", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(if report.is_healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+    }
+}
+
+/// Percent-encodes what a URL path cannot carry as is.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// Tries each endpoint until one answers; prints the JSON answer. Exit code
+/// 0 for 2xx, 1 otherwise.
+async fn client_call(
+    endpoints: &Endpoints,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<ExitCode> {
+    let http = client::new_client(1);
+    let body = body.map(|b| Bytes::from(b.to_string()));
+    let mut failures = Vec::new();
+    for endpoint in &endpoints.endpoints {
+        let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+        match client::request(&http, method.clone(), &url, &[], body.clone()).await {
+            Ok(response) => {
+                let text = match serde_json::from_slice::<Value>(&response.body) {
+                    Ok(json) => serde_json::to_string_pretty(&json)?,
+                    Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
+                };
+                println!("{text}");
+                return Ok(if response.status.is_success() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    bail!("no endpoint answered:\n  {}", failures.join("\n  "))
+}
+
+fn node_config(args: NodeArgs) -> Result<NodeConfig> {
+    let mut cfg: Option<NodeConfig> = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            Some(
+                toml::from_str(&text)
+                    .with_context(|| format!("bad config file {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(cfg) = &mut cfg {
+        if let Some(id) = args.id {
+            cfg.id = id;
+        }
+        if let Some(peers) = &args.peers {
+            cfg.peers = peers.clone();
+        }
+        if let Some(http) = args.http {
+            cfg.http = http;
+        }
+        if let Some(dir) = &args.data_dir {
+            cfg.data_dir = dir.clone();
+        }
+    }
+    let mut cfg = match cfg {
+        Some(cfg) => cfg,
+        None => {
+            let missing: Vec<&str> = [
+                ("--id", args.id.is_none()),
+                ("--peers", args.peers.is_none()),
+                ("--http", args.http.is_none()),
+                ("--data-dir", args.data_dir.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(n, _)| *n)
+            .collect();
+            let (Some(id), Some(peers), Some(http), Some(data_dir)) =
+                (args.id, args.peers, args.http, args.data_dir)
+            else {
+                bail!("missing {} (or give --config FILE)", missing.join(", "));
+            };
+            NodeConfig::new(id, peers, http, data_dir)
+        }
+    };
+    if let Some(v) = args.cluster_id {
+        cfg.cluster_id = v;
+    }
+    if let Some(v) = args.cluster_secret {
+        cfg.cluster_secret = Some(v);
+    }
+    if let Some(v) = args.tick_ms {
+        cfg.tick_ms = v;
+    }
+    if let Some(v) = args.snapshot_every {
+        cfg.snapshot_every_rounds = v;
+    }
+    if let Some(v) = args.request_timeout_ms {
+        cfg.request_timeout_ms = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run_cluster(args: ClusterArgs) -> Result<()> {
+    if !(1..=9).contains(&args.nodes) {
+        bail!("--nodes must be 1..=9");
+    }
+    let peer_base = match args.peer_base_port {
+        Some(p) => p,
+        None => args.base_port.checked_add(1000).ok_or_else(|| {
+            anyhow!("--base-port too high to derive peer ports; give --peer-base-port")
+        })?,
+    };
+    let port = |base: u16, i: u32| -> Result<u16> {
+        base.checked_add(i as u16)
+            .ok_or_else(|| anyhow!("port {base} + {i} is out of range"))
+    };
+    let mut peers = Vec::new();
+    for i in 0..args.nodes {
+        peers.push(SocketAddr::new(args.host, port(peer_base, i)?));
+    }
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut nodes = tokio::task::JoinSet::new();
+    for i in 0..args.nodes {
+        let http = SocketAddr::new(args.host, port(args.base_port, i)?);
+        let mut cfg = NodeConfig::new(
+            i,
+            peers.clone(),
+            http,
+            args.data_dir.join(format!("node-{i}")),
+        );
+        if let Some(every) = args.snapshot_every {
+            cfg.snapshot_every_rounds = every;
+        }
+        cfg.validate()?;
+        let mut stop = stop_tx.subscribe();
+        nodes.spawn(async move {
+            paxlog_server::run_node(cfg, async move {
+                let _ = stop.recv().await;
+            })
+            .await
+            .map_err(|e| anyhow!("node {i}: {e}"))
+        });
+    }
+    // Give the replicas a moment to bind, then say where they are.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!(
+        "paxlog cluster: {} replicas, data in {}",
+        args.nodes,
+        args.data_dir.display()
+    );
+    for i in 0..args.nodes {
+        println!(
+            "  node {i}: http://{}  (peer {})",
+            SocketAddr::new(args.host, port(args.base_port, i)?),
+            peers[i as usize]
+        );
+    }
+    println!(
+        "Try: curl -s -X POST localhost:{}/command -d '{{\"command\": \"li = []\"}}'",
+        args.base_port
+    );
+    println!("Ctrl-C stops the cluster; running this again resumes from the same data.");
+    let mut first_error = None;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        // A node that fails (e.g. its port is taken) stops the whole cluster.
+        Some(result) = nodes.join_next() => {
+            match result {
+                Ok(Err(e)) => first_error = Some(e),
+                Err(e) => first_error = Some(anyhow!("a node task failed: {e}")),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    while let Some(result) = nodes.join_next().await {
+        if let Ok(Err(e)) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
