@@ -25,7 +25,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PAXLOG_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
-    command: Command,
+    command: Verb,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -35,7 +35,7 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Verb {
     /// Run one replica.
     Node(NodeArgs),
     /// Run a local cluster (3 replicas by default) on this machine.
@@ -216,18 +216,18 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Node(args) => {
+        Verb::Node(args) => {
             init_logging(cli.log_format);
             let cfg = node_config(args)?;
             paxlog_server::run_node(cfg, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cluster(args) => {
+        Verb::Cluster(args) => {
             init_logging(cli.log_format);
             run_cluster(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Put {
+        Verb::Put {
             key,
             value,
             endpoints,
@@ -236,7 +236,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = format!("/v1/kv/{}", encode_key(&key));
             client_call(&endpoints, Method::PUT, &path, Some(body)).await
         }
-        Command::Get {
+        Verb::Get {
             key,
             consistency,
             min_round,
@@ -250,11 +250,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = format!("/v1/kv/{}?{query}", encode_key(&key));
             client_call(&endpoints, Method::GET, &path, None).await
         }
-        Command::Delete { key, endpoints } => {
+        Verb::Delete { key, endpoints } => {
             let path = format!("/v1/kv/{}", encode_key(&key));
             client_call(&endpoints, Method::DELETE, &path, None).await
         }
-        Command::Cas {
+        Verb::Cas {
             key,
             new,
             expect,
@@ -269,7 +269,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = format!("/v1/cas/{}", encode_key(&key));
             client_call(&endpoints, Method::POST, &path, Some(body)).await
         }
-        Command::Scan {
+        Verb::Scan {
             prefix,
             limit,
             endpoints,
@@ -277,19 +277,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = format!("/v1/kv?prefix={}&limit={limit}", encode_key(&prefix));
             client_call(&endpoints, Method::GET, &path, None).await
         }
-        Command::Command { command, endpoints } => {
+        Verb::Command { command, endpoints } => {
             let body = serde_json::json!({ "command": command });
             client_call(&endpoints, Method::POST, "/command", Some(body)).await
         }
-        Command::Status { endpoints } => {
+        Verb::Status { endpoints } => {
             client_call(&endpoints, Method::GET, "/status", None).await
         }
-        Command::Db { endpoints } => client_call(&endpoints, Method::GET, "/db", None).await,
-        Command::Fetch { round, endpoints } => {
+        Verb::Db { endpoints } => client_call(&endpoints, Method::GET, "/db", None).await,
+        Verb::Fetch { round, endpoints } => {
             let path = format!("/fetch?round_id={round}");
             client_call(&endpoints, Method::GET, &path, None).await
         }
-        Command::Inspect { dir, json } => {
+        Verb::Inspect { dir, json } => {
             let report = paxlog_storage::inspect(&dir)
                 .with_context(|| format!("cannot inspect {}", dir.display()))?;
             if json {
