@@ -1,6 +1,7 @@
 //! `paxlog`: run a replica or a local cluster, talk to one as a client,
 //! inspect a data folder, and measure.
 
+mod bench;
 mod client;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -105,6 +106,22 @@ enum Verb {
         round: u64,
         #[command(flatten)]
         endpoints: Endpoints,
+    },
+    /// Closed-loop load generator (paxlog or etcd's JSON gateway).
+    Bench(bench::BenchArgs),
+    /// Storage micro-benchmark: appends with fsync, raw fsync rate, recovery time.
+    BenchStorage {
+        /// Scratch folder (created; sub-folders are removed afterwards).
+        #[arg(long, default_value = "./paxlog-bench-storage")]
+        dir: PathBuf,
+        /// Size of the log built to time recovery, in MiB (0 skips it).
+        #[arg(long, default_value_t = 1024)]
+        recovery_mib: u64,
+        /// Seconds per append case.
+        #[arg(long, default_value_t = 2.0)]
+        case_secs: f64,
+        #[arg(long)]
+        json: bool,
     },
     /// Report what a data folder holds (read only).
     Inspect {
@@ -281,13 +298,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let body = serde_json::json!({ "command": command });
             client_call(&endpoints, Method::POST, "/command", Some(body)).await
         }
-        Verb::Status { endpoints } => {
-            client_call(&endpoints, Method::GET, "/status", None).await
-        }
+        Verb::Status { endpoints } => client_call(&endpoints, Method::GET, "/status", None).await,
         Verb::Db { endpoints } => client_call(&endpoints, Method::GET, "/db", None).await,
         Verb::Fetch { round, endpoints } => {
             let path = format!("/fetch?round_id={round}");
             client_call(&endpoints, Method::GET, &path, None).await
+        }
+        Verb::Bench(args) => {
+            bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::BenchStorage {
+            dir,
+            recovery_mib,
+            case_secs,
+            json,
+        } => {
+            if !(0.1..=600.0).contains(&case_secs) {
+                bail!("--case-secs must be within 0.1..=600");
+            }
+            let mut options = paxlog_storage::bench::BenchOptions::new(&dir);
+            options.recovery_log_bytes = recovery_mib << 20;
+            options.case_duration = Duration::from_secs_f64(case_secs);
+            let report = tokio::task::spawn_blocking(move || paxlog_storage::bench::run(&options))
+                .await
+                .context("the storage benchmark panicked")??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Verb::Inspect { dir, json } => {
             let report = paxlog_storage::inspect(&dir)

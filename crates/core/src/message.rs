@@ -3,7 +3,7 @@
 //! `Accept`/`Heartbeat`; its `/current` + `/fetch` catch-up becomes
 //! `CatchUpRequest`/`CatchUpReply`.
 
-use crate::types::{Ballot, Entry, NodeId, Proposal, Slot};
+use crate::types::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +90,10 @@ pub enum Message {
     SnapshotRequired { log_start: Slot },
     /// Client proposals forwarded from a non-leader to the leader.
     Forward { proposals: Vec<Proposal> },
+    /// Forwarded proposals that will not be chosen through the sender (it
+    /// is not, or no longer, the leader, or their slot went to another
+    /// value): the origin may retry them with the same ids.
+    ForwardDropped { ids: Vec<RequestId> },
     /// A follower asks the leader for a read index on behalf of a client read.
     ReadIndexRequest { read_id: u64 },
     /// The leader's answer: once the asker has applied `read_index`, its state
@@ -115,6 +119,7 @@ impl Message {
             Message::CatchUpReply { .. } => "catch_up_reply",
             Message::SnapshotRequired { .. } => "snapshot_required",
             Message::Forward { .. } => "forward",
+            Message::ForwardDropped { .. } => "forward_dropped",
             Message::ReadIndexRequest { .. } => "read_index_request",
             Message::ReadIndexReply { .. } => "read_index_reply",
         }

@@ -194,7 +194,8 @@ struct Leader {
     next_slot: Slot,
     /// Every slot below this was inherited from Phase 1; reads must wait for it.
     inherited_upto: Slot,
-    pending: VecDeque<Proposal>,
+    /// Proposals waiting for a slot, with the replica that forwarded them.
+    pending: VecDeque<(Proposal, Option<NodeId>)>,
     inflight: BTreeMap<Slot, Inflight>,
     peers: Vec<PeerProgress>,
     elected_tick: u64,
@@ -238,9 +239,10 @@ pub struct Replica {
     catch_up_asked_tick: Option<u64>,
     snapshot_asked_tick: Option<u64>,
 
-    /// Proposals this replica placed in slots as leader, until those slots
-    /// are chosen: if another value wins, the client is told.
-    placed: BTreeMap<Slot, RequestId>,
+    /// Proposals this replica placed in slots as leader (with the replica
+    /// that forwarded them), until those slots are chosen: if another value
+    /// wins, whoever waits for the proposal is told.
+    placed: BTreeMap<Slot, (RequestId, Option<NodeId>)>,
     forward_buffer: Vec<Proposal>,
     /// Invariant violations seen locally (only with `bugs` on; otherwise a
     /// violation panics).
@@ -436,7 +438,7 @@ impl Replica {
                 if l.pending.len() >= max_pending {
                     return Err(ProposeError::Overloaded);
                 }
-                l.pending.push_back(proposal);
+                l.pending.push_back((proposal, None));
                 Ok(Submitted::Queued)
             }
             _ => match self.leader {
@@ -588,11 +590,25 @@ impl Replica {
             } => self.on_catch_up_reply(from, first_slot, entries, chosen_upto),
             Message::SnapshotRequired { log_start } => self.on_snapshot_required(from, log_start),
             Message::Forward { proposals } => {
+                // A forward that arrives after leadership moved goes back to
+                // its origin rather than on (re-forwarding could loop).
+                let mut refused = Vec::new();
                 for proposal in proposals {
-                    // A forward that arrives after leadership moved is dropped:
-                    // re-forwarding could loop. The origin's timeout retries
-                    // with the same request id.
-                    let _ = self.propose_here_only(proposal);
+                    let id = proposal.id;
+                    if self.propose_here_only(proposal, Some(from)).is_err() {
+                        refused.push(id);
+                    }
+                }
+                if !refused.is_empty() {
+                    self.send(from, Message::ForwardDropped { ids: refused });
+                }
+            }
+            Message::ForwardDropped { ids } => {
+                for id in ids {
+                    self.out.events.push(Event::ProposalDropped {
+                        id,
+                        reason: DropReason::NotLeader,
+                    });
                 }
             }
             Message::ReadIndexRequest { read_id } => self.on_read_index_request(from, read_id),
@@ -635,16 +651,13 @@ impl Replica {
             return false;
         }
         self.log = self.log.split_off(&upto);
-        for (slot, id) in std::mem::take(&mut self.placed) {
+        for (slot, (id, origin)) in std::mem::take(&mut self.placed) {
             if slot < upto {
                 // Its outcome is inside the snapshot: let the client retry
                 // with the same id; the dedup table answers.
-                self.out.events.push(Event::ProposalDropped {
-                    id,
-                    reason: DropReason::Lost,
-                });
+                self.report_dropped(id, origin, DropReason::Lost);
             } else {
-                self.placed.insert(slot, id);
+                self.placed.insert(slot, (id, origin));
             }
         }
         self.log_start = upto;
@@ -890,13 +903,10 @@ impl Replica {
             }
         };
         self.out.persist.push(record);
-        if let Some(id) = self.placed.remove(&slot) {
+        if let Some((id, origin)) = self.placed.remove(&slot) {
             let chosen_id = self.log.get(&slot).and_then(|s| s.entry.request_id());
             if chosen_id != Some(id) {
-                self.out.events.push(Event::ProposalDropped {
-                    id,
-                    reason: DropReason::Lost,
-                });
+                self.report_dropped(id, origin, DropReason::Lost);
             }
         }
     }
@@ -1339,11 +1349,8 @@ impl Replica {
     fn become_follower(&mut self, leader: Option<(NodeId, Ballot)>) {
         let old = std::mem::replace(&mut self.role, RoleState::Follower);
         if let RoleState::Leader(l) = old {
-            for proposal in l.pending {
-                self.out.events.push(Event::ProposalDropped {
-                    id: proposal.id,
-                    reason: DropReason::NotLeader,
-                });
+            for (proposal, origin) in l.pending {
+                self.report_dropped(proposal.id, origin, DropReason::NotLeader);
             }
             for read in l.reads {
                 match read.origin {
@@ -1503,12 +1510,12 @@ impl Replica {
         let first = l.next_slot;
         let ballot = l.ballot;
         while l.next_slot < window_end {
-            let Some(proposal) = l.pending.pop_front() else {
+            let Some((proposal, origin)) = l.pending.pop_front() else {
                 break;
             };
             let slot = l.next_slot;
             l.next_slot = slot.next();
-            self.placed.insert(slot, proposal.id);
+            self.placed.insert(slot, (proposal.id, origin));
             let entry = proposal.into_entry();
             self.log.insert(
                 slot,
@@ -1719,11 +1726,15 @@ impl Replica {
 
     /// Like `propose`, but never forwards (for proposals that were forwarded
     /// to us already).
-    fn propose_here_only(&mut self, proposal: Proposal) -> Result<(), ProposeError> {
+    fn propose_here_only(
+        &mut self,
+        proposal: Proposal,
+        origin: Option<NodeId>,
+    ) -> Result<(), ProposeError> {
         let max_pending = self.cfg.max_pending_proposals;
         match &mut self.role {
             RoleState::Leader(l) if l.pending.len() < max_pending => {
-                l.pending.push_back(proposal);
+                l.pending.push_back((proposal, origin));
                 Ok(())
             }
             RoleState::Leader(_) => Err(ProposeError::Overloaded),
@@ -1763,7 +1774,7 @@ impl Replica {
                 // We became leader meanwhile: queue them here.
                 for proposal in proposals {
                     let id = proposal.id;
-                    if self.propose_here_only(proposal).is_err() {
+                    if self.propose_here_only(proposal, None).is_err() {
                         self.out.events.push(Event::ProposalDropped {
                             id,
                             reason: DropReason::Overloaded,
@@ -1779,6 +1790,17 @@ impl Replica {
                     });
                 }
             }
+        }
+    }
+
+    /// Tells whoever waits for a proposal that it will not be chosen here:
+    /// our own client (an event) or the replica that forwarded it.
+    fn report_dropped(&mut self, id: RequestId, origin: Option<NodeId>, reason: DropReason) {
+        match origin {
+            Some(origin) if origin != self.cfg.id => {
+                self.send(origin, Message::ForwardDropped { ids: vec![id] });
+            }
+            _ => self.out.events.push(Event::ProposalDropped { id, reason }),
         }
     }
 

@@ -183,6 +183,11 @@ pub struct Driver {
     transport: TransportHandle<Wire>,
     writes: HashMap<RequestId, PendingWrite>,
     write_retries: VecDeque<(Instant, RequestId)>,
+    /// Writes proposed and not heard of since: a leader that crashed with
+    /// our forwarded proposal never reports it, so we propose it again
+    /// (same id: the state machine applies it at most once).
+    reproposals: VecDeque<(Instant, RequestId)>,
+    reproposal_interval: Duration,
     /// Reads waiting for the leader's read index.
     reads_awaiting_index: HashMap<u64, PendingRead>,
     /// Reads waiting for this replica to apply up to a round.
@@ -206,7 +211,10 @@ impl Driver {
         transport: TransportHandle<Wire>,
         last_snapshot_round: u64,
     ) -> Driver {
+        let reproposal_interval = Duration::from_millis(2 * cfg.tick_ms * cfg.election_ticks);
         Driver {
+            reproposals: VecDeque::new(),
+            reproposal_interval,
             cfg,
             replica,
             kv,
@@ -404,7 +412,10 @@ impl Driver {
             payload: write.payload.clone(),
         };
         match self.replica.propose(proposal) {
-            Ok(_) => {}
+            Ok(_) => {
+                self.reproposals
+                    .push_back((Instant::now() + self.reproposal_interval, id));
+            }
             Err(ProposeError::NoLeader) | Err(ProposeError::Overloaded) => {
                 self.write_retries
                     .push_back((Instant::now() + RETRY_INTERVAL, id));
@@ -580,6 +591,15 @@ impl Driver {
             }
             self.write_retries.pop_front();
             self.propose(id);
+        }
+        while let Some(&(at, id)) = self.reproposals.front() {
+            if at > now {
+                break;
+            }
+            self.reproposals.pop_front();
+            if self.writes.contains_key(&id) {
+                self.propose(id);
+            }
         }
         while let Some(&(at, read_id)) = self.read_retries.front() {
             if at > now {
