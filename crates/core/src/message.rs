@@ -105,6 +105,22 @@ pub enum Message {
 }
 
 impl Message {
+    /// Does this message state something about the sender's acceptor (a
+    /// promise, an accept, a refusal, an acknowledgement of a leader)? Such
+    /// a message may leave only after the records of the same `Ready` are
+    /// durable. Every other message may leave before the fsync: a leader's
+    /// own accept counts toward a quorum only when a follower's reply is
+    /// processed, which the driver does after this `Ready`'s sync returned.
+    pub fn requires_durability(&self) -> bool {
+        matches!(
+            self,
+            Message::Promise { .. }
+                | Message::Accepted { .. }
+                | Message::Reject { .. }
+                | Message::HeartbeatAck { .. }
+        )
+    }
+
     /// Short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

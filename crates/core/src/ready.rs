@@ -2,10 +2,14 @@
 //!
 //! The driver's contract, in this order:
 //! 1. write every record in `persist` and make it durable (one fsync for all);
-//! 2. only then send `messages` (a promise or an accept must not reach the
-//!    network before it is durable);
+//!    messages whose `requires_durability()` is false (a leader's accepts,
+//!    heartbeats, catch-up) may be sent before or during this step, so the
+//!    leader's fsync overlaps its followers';
+//! 2. only then send the other `messages` (a promise or an accepted reply
+//!    must not reach the network before it is durable);
 //! 3. apply `apply` to the state machine, in order;
-//! 4. handle `events`.
+//! 4. handle `events`;
+//! and no input is given to the replica between steps 1 and 2.
 
 use crate::message::Envelope;
 use crate::types::{Ballot, Entry, NodeId, RequestId, Slot};

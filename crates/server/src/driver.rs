@@ -291,15 +291,24 @@ impl Driver {
             if ready.is_empty() {
                 break;
             }
-            // 1. Durable first.
+            // 1. What needs no durability goes out now, so followers fsync
+            // while we do; then our records become durable (one fsync).
+            let (durable_only, early): (Vec<_>, Vec<_>) = ready
+                .messages
+                .into_iter()
+                .partition(|e| e.message.requires_durability());
+            for envelope in early {
+                self.transport
+                    .send(envelope.to.0, Wire::Core(envelope.message));
+            }
             if !ready.persist.is_empty() {
                 self.wal
                     .append(&ready.persist)
                     .and_then(|()| self.wal.sync())
                     .map_err(|e| format!("write-ahead log failed: {e}"))?;
             }
-            // 2. Then the network.
-            for envelope in ready.messages {
+            // 2. Then promises and acknowledgements.
+            for envelope in durable_only {
                 self.transport
                     .send(envelope.to.0, Wire::Core(envelope.message));
             }

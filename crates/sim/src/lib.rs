@@ -469,8 +469,17 @@ impl Simulation {
             return;
         }
         let me = NodeId(index as u32);
+        // 0. Messages that need no durability may leave before the fsync
+        // (a crash below then has sent them: the simulator covers that).
+        let (durable_only, early): (Vec<_>, Vec<_>) = ready
+            .messages
+            .into_iter()
+            .partition(|e| e.message.requires_durability());
+        for envelope in early {
+            self.send(envelope);
+        }
         // 1. Persist. A crash in the middle keeps a prefix of the batch (the
-        // rest was never synced) and sends nothing.
+        // rest was never synced) and sends nothing more.
         let torn = !ready.persist.is_empty()
             && self.now_tick <= self.options.fault_ticks
             && self
@@ -491,13 +500,9 @@ impl Simulation {
             .disk
             .write_synced(&ready.persist, &mut self.checker, me);
         // 2. Send, asserting each promise/accept is durable first.
-        for envelope in ready.messages {
+        for envelope in durable_only {
             self.check_durable_before_send(index, &envelope);
-            let (dropped, duplicated) =
-                self.network
-                    .send(envelope, self.now_tick, &self.options.faults, &mut self.rng);
-            self.faults.dropped += dropped;
-            self.faults.duplicated += duplicated;
+            self.send(envelope);
         }
         // 3. Apply in order.
         for (slot, entry) in ready.apply {
@@ -530,6 +535,14 @@ impl Simulation {
                 _ => {}
             }
         }
+    }
+
+    fn send(&mut self, envelope: Envelope) {
+        let (dropped, duplicated) =
+            self.network
+                .send(envelope, self.now_tick, &self.options.faults, &mut self.rng);
+        self.faults.dropped += dropped;
+        self.faults.duplicated += duplicated;
     }
 
     fn check_durable_before_send(&mut self, index: usize, envelope: &Envelope) {

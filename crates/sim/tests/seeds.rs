@@ -9,7 +9,12 @@ fn violations_over(seeds: std::ops::Range<u64>, bug: Option<Bug>) -> (u64, Vec<S
     for seed in seeds {
         let report = Simulation::new(SimOptions::from_seed(seed).with_bug(bug)).run();
         committed += report.committed;
-        found.extend(report.violations.iter().map(|v| format!("seed {seed}: {v}")));
+        found.extend(
+            report
+                .violations
+                .iter()
+                .map(|v| format!("seed {seed}: {v}")),
+        );
     }
     (committed, found)
 }
@@ -68,5 +73,8 @@ fn liveness_checker_catches_missing_catch_up() {
 fn a_seed_replays_exactly() {
     let a = Simulation::new(SimOptions::from_seed(77)).run();
     let b = Simulation::new(SimOptions::from_seed(77)).run();
-    assert_eq!((a.steps, a.committed, a.slots), (b.steps, b.committed, b.slots));
+    assert_eq!(
+        (a.steps, a.committed, a.slots),
+        (b.steps, b.committed, b.slots)
+    );
 }
