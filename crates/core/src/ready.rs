@@ -8,8 +8,9 @@
 //! 2. only then send the other `messages` (a promise or an accepted reply
 //!    must not reach the network before it is durable);
 //! 3. apply `apply` to the state machine, in order;
-//! 4. handle `events`;
-//! and no input is given to the replica between steps 1 and 2.
+//! 4. handle `events`.
+//!
+//! No input is given to the replica between steps 1 and 2.
 
 use crate::message::Envelope;
 use crate::types::{Ballot, Entry, NodeId, RequestId, Slot};
