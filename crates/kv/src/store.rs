@@ -12,10 +12,12 @@ use crate::output::{ApplyOutput, ApplyResult, ErrorKind};
 use crate::parser::Statement;
 
 /// How long (in slots) a client's last answer is remembered for retries.
-pub const DEFAULT_DEDUP_WINDOW_SLOTS: u64 = 100_000;
+/// At 30,000 writes/s this is about 7 s, more than a request's timeout, so
+/// a replica's own re-proposals always fall inside it.
+pub const DEFAULT_DEDUP_WINDOW_SLOTS: u64 = 200_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Store configuration. Must be identical on all replicas.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -37,7 +39,51 @@ impl Default for KvOptions {
 struct ClientRecord {
     last_seq: u64,
     last_slot: Slot,
-    result: ApplyResult,
+    outcome: Outcome,
+}
+
+/// What a retried request is told: the outcome of its first execution,
+/// without the values (so a dedup record stays a few dozen bytes whatever
+/// the request carried).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Outcome {
+    Ok,
+    CasSucceeded,
+    CasFailed,
+    Error(ErrorKind),
+}
+
+impl Outcome {
+    fn of(result: &ApplyResult) -> Outcome {
+        match result {
+            ApplyResult::Error { kind, .. } => Outcome::Error(*kind),
+            ApplyResult::Ok {
+                value: Some(Value::Object(map)),
+            } => match map.get("succeeded") {
+                Some(Value::Bool(true)) => Outcome::CasSucceeded,
+                Some(Value::Bool(false)) => Outcome::CasFailed,
+                _ => Outcome::Ok,
+            },
+            ApplyResult::Ok { .. } => Outcome::Ok,
+        }
+    }
+
+    fn replay(self) -> ApplyResult {
+        let succeeded = |b: bool| {
+            let mut report = Map::new();
+            report.insert("succeeded".into(), Value::Bool(b));
+            ApplyResult::ok(Some(Value::Object(report)))
+        };
+        match self {
+            Outcome::Ok => ApplyResult::ok(None),
+            Outcome::CasSucceeded => succeeded(true),
+            Outcome::CasFailed => succeeded(false),
+            Outcome::Error(kind) => ApplyResult::error(
+                kind,
+                "the first execution of this request failed (retried requests are not run again)",
+            ),
+        }
+    }
 }
 
 /// The key-value database driven by the log. Statement names and KV keys
@@ -136,7 +182,7 @@ impl KvStore {
                     slot,
                     duplicate: true,
                     original_slot: Some(rec.last_slot),
-                    result: rec.result.clone(),
+                    result: rec.outcome.replay(),
                 };
             }
             if id.seq < rec.last_seq {
@@ -161,7 +207,7 @@ impl KvStore {
             ClientRecord {
                 last_seq: id.seq,
                 last_slot: slot,
-                result: result.clone(),
+                outcome: Outcome::of(&result),
             },
         );
         self.by_slot.insert((slot, id.client_id));
@@ -385,8 +431,7 @@ struct SnapshotClient {
     client_id: u64,
     last_seq: u64,
     last_slot: u64,
-    /// The cached `ApplyResult`, as JSON text.
-    result_json: String,
+    outcome: Outcome,
 }
 
 fn corrupt(msg: impl Into<String>) -> KvError {
@@ -424,7 +469,7 @@ impl StateMachine for KvStore {
 
     /// `[SNAPSHOT_VERSION]` followed by postcard of: applied_upto, the db
     /// entries in key order as (key, compact JSON text), and the dedup table
-    /// in client-id order as (client_id, last_seq, last_slot, result JSON).
+    /// in client-id order as (client_id, last_seq, last_slot, outcome).
     fn snapshot(&self) -> Vec<u8> {
         let body = SnapshotOut {
             applied_upto: self.applied_upto.0,
@@ -440,8 +485,7 @@ impl StateMachine for KvStore {
                     client_id,
                     last_seq: r.last_seq,
                     last_slot: r.last_slot.0,
-                    // Serialising a Value-bearing enum to a String cannot fail.
-                    result_json: serde_json::to_string(&r.result).unwrap_or_default(),
+                    outcome: r.outcome,
                 })
                 .collect(),
         };
@@ -496,15 +540,13 @@ impl StateMachine for KvStore {
                     c.client_id, c.last_slot
                 )));
             }
-            let result: ApplyResult = serde_json::from_str(&c.result_json)
-                .map_err(|e| corrupt(format!("client {:x} cached result: {e}", c.client_id)))?;
             by_slot.insert((Slot(c.last_slot), c.client_id));
             clients.insert(
                 c.client_id,
                 ClientRecord {
                     last_seq: c.last_seq,
                     last_slot: Slot(c.last_slot),
-                    result,
+                    outcome: c.outcome,
                 },
             );
         }
