@@ -199,6 +199,8 @@ pub struct Driver {
     last_snapshot_round: u64,
     incoming_snapshot: Option<IncomingSnapshot>,
     started: Instant,
+    /// Consensus time, counted from the monotonic clock: ticks delivered.
+    ticks_done: u64,
 }
 
 impl Driver {
@@ -232,6 +234,7 @@ impl Driver {
             last_snapshot_round,
             incoming_snapshot: None,
             started: Instant::now(),
+            ticks_done: 0,
         }
     }
 
@@ -592,8 +595,18 @@ impl Driver {
     // ----- time ------------------------------------------------------------
 
     fn on_tick(&mut self) {
-        self.replica.tick();
+        // The core's clock follows the monotonic clock, not the number of
+        // timer wake-ups: after a stall (SIGSTOP, a starved thread) the
+        // replica catches up, so its timeouts never run slow. A long stall
+        // is capped: by then every lease and election timer has expired.
         let now = Instant::now();
+        let due = (now.duration_since(self.started).as_millis() as u64) / self.cfg.tick_ms.max(1);
+        let behind = due.saturating_sub(self.ticks_done);
+        let cap = 4 * self.cfg.election_ticks.max(1);
+        for _ in 0..behind.min(cap) {
+            self.replica.tick();
+        }
+        self.ticks_done = due.max(self.ticks_done);
         while let Some(&(at, id)) = self.write_retries.front() {
             if at > now {
                 break;
