@@ -34,6 +34,11 @@ pub struct Config {
     pub max_bytes_per_message: usize,
     /// Linearizable reads waiting for a leadership confirmation round.
     pub max_pending_reads: usize,
+    /// Leader leases: a leader that a quorum acknowledged recently answers
+    /// linearizable reads without a confirmation round. Safe while clocks
+    /// run at rates that differ by at most `max_clock_drift_percent`.
+    pub leases: bool,
+    pub max_clock_drift_percent: u64,
     /// Deliberately broken variants, for proving the simulator's checkers.
     pub bugs: Bugs,
 }
@@ -50,8 +55,22 @@ impl Config {
             max_entries_per_message: 1024,
             max_bytes_per_message: 4 << 20,
             max_pending_reads: 50_000,
+            leases: true,
+            max_clock_drift_percent: 10,
             bugs: Bugs::default(),
         }
+    }
+
+    /// How long a lease lasts after the heartbeat that anchors it was sent:
+    /// a follower that acknowledged it will not promise another candidate
+    /// for `election_timeout_ticks` of its own clock after receiving it, so
+    /// the leader keeps a margin for drift plus a tick of rounding either side.
+    pub fn lease_ticks(&self) -> u64 {
+        if !self.leases {
+            return 0;
+        }
+        let drift = self.max_clock_drift_percent.min(90);
+        (self.election_timeout_ticks * (100 - drift) / 100).saturating_sub(2)
     }
 }
 
@@ -70,6 +89,9 @@ pub struct Bugs {
     pub skip_apply_slot: Option<u64>,
     /// No catch-up, neither pulled nor pushed.
     pub no_catch_up: bool,
+    /// Any replica answers a linearizable read at once from its own chosen
+    /// prefix (a local read passed off as linearizable).
+    pub local_reads: bool,
     /// Record local invariant violations instead of panicking (set whenever
     /// a bug is injected, also from outside the core, e.g. a lossy disk).
     pub record_violations: bool,
@@ -201,9 +223,16 @@ struct Leader {
     elected_tick: u64,
     last_heartbeat_tick: u64,
     commit_sent: Slot,
+    /// Every heartbeat broadcast starts a new round; reads wait for a quorum
+    /// to acknowledge a round that started after them.
     read_round_started: u64,
+    /// When recent rounds were sent, for the lease.
+    round_sent_tick: VecDeque<(u64, u64)>,
     reads: VecDeque<PendingRead>,
 }
+
+/// Rounds remembered for lease anchoring.
+const LEASE_ROUNDS_KEPT: usize = 256;
 
 #[derive(Debug)]
 enum RoleState {
@@ -458,13 +487,29 @@ impl Replica {
     /// follows once a quorum confirmed the leader; the read may then be served
     /// from the local state machine as soon as `read_index` is applied here.
     pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
+        if self.cfg.bugs.local_reads {
+            let read_index = self.chosen_upto;
+            self.out.events.push(Event::ReadReady {
+                read_id,
+                read_index,
+            });
+            return Ok(());
+        }
         let max_reads = self.cfg.max_pending_reads;
+        let lease = self.holds_lease();
         match &mut self.role {
             RoleState::Leader(l) => {
                 if l.reads.len() >= max_reads {
                     return Err(ProposeError::Overloaded);
                 }
                 let read_index = self.chosen_upto.max(l.inherited_upto);
+                if lease {
+                    self.out.events.push(Event::ReadReady {
+                        read_id,
+                        read_index,
+                    });
+                    return Ok(());
+                }
                 l.reads.push_back(PendingRead {
                     read_id,
                     origin: None,
@@ -822,6 +867,11 @@ impl Replica {
     fn hears_live_leader(&self, candidate: NodeId) -> bool {
         let recent = self.now_tick.saturating_sub(self.last_leader_contact_tick)
             < self.cfg.election_timeout_ticks;
+        // Just restarted: we may have acknowledged a leader's lease before
+        // the crash and forgotten it, so promise nobody for a timeout.
+        if self.cfg.leases && self.now_tick < self.cfg.election_timeout_ticks {
+            return true;
+        }
         match &self.role {
             RoleState::Leader(l) => self.leader_hears_quorum(l),
             _ => matches!(self.leader, Some((leader, _)) if leader != candidate) && recent,
@@ -1235,6 +1285,7 @@ impl Replica {
             last_heartbeat_tick: self.now_tick,
             commit_sent: Slot::ZERO,
             read_round_started: 0,
+            round_sent_tick: VecDeque::new(),
             reads: VecDeque::new(),
         };
         for peer in promises.keys() {
@@ -1395,6 +1446,42 @@ impl Replica {
         heard + 1 >= self.quorum()
     }
 
+    /// Does this leader hold a lease now? Anchored at the send time of the
+    /// newest heartbeat round a quorum (ourselves included) acknowledged.
+    fn holds_lease(&self) -> bool {
+        let RoleState::Leader(l) = &self.role else {
+            return false;
+        };
+        let lease = self.cfg.lease_ticks();
+        if lease == 0 {
+            return false;
+        }
+        let mut rounds: Vec<u64> = l
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 != self.cfg.id.0)
+            .map(|(_, p)| p.acked_read_round)
+            .collect();
+        rounds.push(l.read_round_started);
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&anchor) = rounds.get(self.quorum() - 1) else {
+            return false;
+        };
+        if anchor == 0 {
+            return false;
+        }
+        l.round_sent_tick
+            .iter()
+            .find(|(round, _)| *round == anchor)
+            .is_some_and(|(_, sent)| self.now_tick < sent + lease)
+    }
+
+    /// Ticks left on this leader's lease (for status pages).
+    pub fn lease_active(&self) -> bool {
+        self.holds_lease()
+    }
+
     fn leader_tick(&mut self) {
         let now = self.now_tick;
         let hb = self.cfg.heartbeat_interval_ticks;
@@ -1444,6 +1531,12 @@ impl Replica {
         };
         l.last_heartbeat_tick = self.now_tick;
         l.commit_sent = self.chosen_upto;
+        l.read_round_started += 1;
+        l.round_sent_tick
+            .push_back((l.read_round_started, self.now_tick));
+        if l.round_sent_tick.len() > LEASE_ROUNDS_KEPT {
+            l.round_sent_tick.pop_front();
+        }
         let (ballot, round) = (l.ballot, l.read_round_started);
         for peer in self.peer_ids().collect::<Vec<_>>() {
             self.send_heartbeat(peer, ballot, round);
@@ -1647,9 +1740,23 @@ impl Replica {
 
     fn on_read_index_request(&mut self, from: NodeId, read_id: u64) {
         let max_reads = self.cfg.max_pending_reads;
+        let lease = self.holds_lease();
         match &mut self.role {
             RoleState::Leader(l) if l.reads.len() < max_reads => {
                 let read_index = self.chosen_upto.max(l.inherited_upto);
+                if lease {
+                    self.send(
+                        from,
+                        Message::ReadIndexReply {
+                            read_id,
+                            read_index: Some(read_index),
+                        },
+                    );
+                    return;
+                }
+                let RoleState::Leader(l) = &mut self.role else {
+                    return;
+                };
                 l.reads.push_back(PendingRead {
                     read_id,
                     origin: Some(from),
@@ -1677,7 +1784,6 @@ impl Replica {
             .back()
             .is_some_and(|r| r.round > l.read_round_started);
         if waiting {
-            l.read_round_started += 1;
             self.broadcast_heartbeat();
         }
         self.check_reads();

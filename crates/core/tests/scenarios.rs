@@ -719,7 +719,11 @@ fn leader_that_cannot_hear_a_majority_steps_down_in_bounded_time() {
 
 #[test]
 fn read_index_at_leader_waits_for_a_quorum_heartbeat_round() {
-    let mut c = Cluster::new(3, 15);
+    let mut c = Cluster::with_config(3, 15, |cfg| {
+        cfg.election_timeout_ticks = 10;
+        cfg.heartbeat_interval_ticks = 2;
+        cfg.leases = false;
+    });
     c.elect(0);
     c.propose(0, "w");
     c.run_until_quiet();
@@ -767,7 +771,11 @@ fn read_index_at_leader_waits_for_a_quorum_heartbeat_round() {
 
 #[test]
 fn read_index_at_follower_goes_through_the_leader() {
-    let mut c = Cluster::new(3, 16);
+    let mut c = Cluster::with_config(3, 16, |cfg| {
+        cfg.election_timeout_ticks = 10;
+        cfg.heartbeat_interval_ticks = 2;
+        cfg.leases = false;
+    });
     c.elect(0);
     for k in 0..3 {
         c.propose(0, &format!("w{k}"));
@@ -972,4 +980,71 @@ fn replaying_persisted_records_rebuilds_the_chosen_log() {
             entry: Some(value("b")),
         })
         .is_err());
+}
+
+#[test]
+fn leader_with_a_lease_answers_reads_at_once_and_loses_it_when_cut_off() {
+    let mut c = Cluster::new(3, 21);
+    c.elect(0);
+    c.propose(0, "w");
+    c.run_until_quiet();
+    // A heartbeat round acknowledged by a quorum gives the lease.
+    c.tick_until(4 * T, "a lease", |c| c.r(0).lease_active());
+    c.nodes[0].r_mut().read_index(1).expect("leader reads");
+    c.collect(0);
+    assert!(
+        read_events(&c, 0)
+            .iter()
+            .any(|e| matches!(e, Event::ReadReady { read_id: 1, .. })),
+        "a lease read needs no confirmation round"
+    );
+    // Cut off from both followers, the lease runs out before they could
+    // elect anyone else (they refuse promises for a full election timeout
+    // after the last heartbeat they heard).
+    c.cut_link(1, 0);
+    c.cut_link(2, 0);
+    c.cut_link(0, 1);
+    c.cut_link(0, 2);
+    let lease = c.r(0).config().lease_ticks();
+    assert!(lease > 0 && lease < T);
+    for _ in 0..T {
+        c.tick_all(1);
+        if !c.r(0).lease_active() {
+            break;
+        }
+    }
+    assert!(!c.r(0).lease_active(), "the lease expires within a timeout");
+    assert!(
+        c.leader().is_none_or(|l| l == 0),
+        "nobody else leads while the lease could still be held"
+    );
+}
+
+#[test]
+fn a_restarted_replica_promises_nobody_for_an_election_timeout() {
+    let mut c = Cluster::new(3, 22);
+    c.elect(0);
+    c.crash(1);
+    c.restart(1);
+    let higher = Ballot {
+        counter: c.leader_ballot(0).counter + 5,
+        node: n(2),
+    };
+    c.sent.clear();
+    c.nodes[1].r_mut().step(
+        n(2),
+        Message::Prepare {
+            ballot: higher,
+            from_slot: Slot(0),
+            chosen_upto: Slot(0),
+        },
+    );
+    c.collect(1);
+    assert!(
+        c.sent
+            .iter()
+            .any(|e| e.from == n(1) && matches!(e.message, Message::Reject { .. })),
+        "a just-restarted replica may have granted a lease it forgot"
+    );
+    assert!(c.r(1).promised() < higher);
 }

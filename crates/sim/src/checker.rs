@@ -18,6 +18,8 @@ pub struct Checker {
     issued: HashMap<RequestId, bytes::Bytes>,
     /// Durability: what clients were told succeeded.
     acked: HashMap<RequestId, Slot>,
+    /// One past the highest slot any replica has applied.
+    applied_floor: Slot,
 }
 
 impl Checker {
@@ -29,7 +31,14 @@ impl Checker {
             duplicate_at: HashMap::new(),
             issued: HashMap::new(),
             acked: HashMap::new(),
+            applied_floor: Slot::ZERO,
         }
+    }
+
+    /// One past the highest slot applied anywhere so far: a read that begins
+    /// now must get a read index at least this high.
+    pub fn applied_floor(&self) -> Slot {
+        self.applied_floor
     }
 
     pub fn violations(&self) -> &[String] {
@@ -86,6 +95,7 @@ impl Checker {
     }
 
     pub fn applied(&mut self, node: NodeId, slot: Slot, entry: &Entry, output: &SimOutput) {
+        self.applied_floor = self.applied_floor.max(slot.next());
         self.chosen_seen(node, slot, entry);
         match self.prefix_hash.get(&slot) {
             Some(hash) if *hash != output.hash => {

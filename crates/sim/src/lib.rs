@@ -36,6 +36,11 @@ pub struct Faults {
     pub torn_write_per_mille: u64,
     /// A replica snapshots and compacts every this many applied slots.
     pub snapshot_every_slots: u64,
+    /// Per-mille of client operations that are linearizable reads.
+    pub read_per_mille: u64,
+    /// Each replica's clock rate error, per mille (negative: slow, skips
+    /// ticks; positive: fast, double ticks). Within the lease's drift bound.
+    pub max_clock_skew_per_mille: u64,
 }
 
 impl Faults {
@@ -48,6 +53,8 @@ impl Faults {
             crash_per_100k: 0,
             torn_write_per_mille: 0,
             snapshot_every_slots: 1_000_000,
+            read_per_mille: 0,
+            max_clock_skew_per_mille: 0,
         }
     }
 
@@ -63,6 +70,8 @@ impl Faults {
             crash_per_100k: pick(rng, &[0, 50, 200, 600]),
             torn_write_per_mille: pick(rng, &[0, 100, 500]),
             snapshot_every_slots: pick(rng, &[10, 25, 100, 1_000_000]),
+            read_per_mille: pick(rng, &[0, 200, 500]),
+            max_clock_skew_per_mille: pick(rng, &[0, 10, 50]),
         }
     }
 }
@@ -123,6 +132,7 @@ pub struct SimReport {
     pub committed: u64,
     pub slots: u64,
     pub leader_changes: u64,
+    pub reads: u64,
     pub faults: FaultCounts,
     pub violations: Vec<String>,
 }
@@ -142,12 +152,27 @@ struct SimNode {
     /// The highest promise this replica has reported in memory since boot.
     last_promised_seen: paxlog_core::Ballot,
     last_snapshot_slot: Slot,
+    /// Clock rate error in per mille (see `Faults::max_clock_skew_per_mille`).
+    clock_skew_per_mille: i64,
 }
 
 #[derive(Clone, Debug)]
 enum ClientState {
-    Idle { next_tick: u64 },
-    Waiting { node: NodeId, deadline_tick: u64 },
+    Idle {
+        next_tick: u64,
+    },
+    Waiting {
+        node: NodeId,
+        deadline_tick: u64,
+    },
+    /// A linearizable read: every slot applied anywhere before it began
+    /// (`floor` and below) must be inside the read index it gets.
+    Reading {
+        node: NodeId,
+        read_id: u64,
+        floor: Slot,
+        deadline_tick: u64,
+    },
 }
 
 struct SimClient {
@@ -170,6 +195,8 @@ pub struct Simulation {
     steps: u64,
     leader_changes: u64,
     partition_until: u64,
+    next_read_id: u64,
+    reads_served: u64,
 }
 
 const CLIENT_TIMEOUT_TICKS: u64 = 150;
@@ -187,6 +214,10 @@ impl Simulation {
                     incarnation: 0,
                     last_promised_seen: paxlog_core::Ballot::ZERO,
                     last_snapshot_slot: Slot::ZERO,
+                    clock_skew_per_mille: {
+                        let max = options.faults.max_clock_skew_per_mille;
+                        rng.range(0, 2 * max + 1) as i64 - max as i64
+                    },
                 };
                 node.replica = Some(Replica::new(
                     config_for(&options, NodeId(i)),
@@ -215,6 +246,8 @@ impl Simulation {
             steps: 0,
             leader_changes: 0,
             partition_until: 0,
+            next_read_id: 0,
+            reads_served: 0,
             options,
         }
     }
@@ -235,8 +268,18 @@ impl Simulation {
             self.drive_clients(faulty);
             self.deliver_messages();
             for i in 0..self.nodes.len() {
+                let skew = self.nodes[i].clock_skew_per_mille;
+                let ticks = if skew < 0 && self.rng.chance(skew.unsigned_abs(), 1000) {
+                    0
+                } else if skew > 0 && self.rng.chance(skew as u64, 1000) {
+                    2
+                } else {
+                    1
+                };
                 if let Some(replica) = self.nodes[i].replica.as_mut() {
-                    replica.tick();
+                    for _ in 0..ticks {
+                        replica.tick();
+                    }
                     self.steps += 1;
                 }
                 self.process_ready(i);
@@ -272,6 +315,7 @@ impl Simulation {
             committed: self.checker.acked_count(),
             slots: self.checker.slot_count(),
             leader_changes: self.leader_changes,
+            reads: self.reads_served,
             faults: self.faults,
             violations,
         }
@@ -368,6 +412,10 @@ impl Simulation {
                         if !issue_new {
                             continue;
                         }
+                        if self.rng.chance(self.options.faults.read_per_mille, 1000) {
+                            self.start_read(c);
+                            continue;
+                        }
                         let client = &mut self.clients[c];
                         client.seq += 1;
                         let payload = format!("c{}-{}", client.client_id, client.seq);
@@ -383,12 +431,71 @@ impl Simulation {
                     }
                     self.submit(c);
                 }
+                ClientState::Reading { deadline_tick, .. } if deadline_tick <= self.now_tick => {
+                    self.clients[c].state = ClientState::Idle {
+                        next_tick: self.now_tick + 1,
+                    };
+                }
                 ClientState::Waiting { deadline_tick, .. } if deadline_tick <= self.now_tick => {
                     // No answer: retry elsewhere with the same id (the state
                     // machine's dedup table makes that safe).
                     self.submit(c);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    fn start_read(&mut self, c: usize) {
+        let target = self.rng.range(0, u64::from(self.options.nodes)) as usize;
+        self.next_read_id += 1;
+        let read_id = self.next_read_id;
+        let floor = self.checker.applied_floor();
+        let now = self.now_tick;
+        let retry = now + self.rng.range(1, 20);
+        let started = self.nodes[target]
+            .replica
+            .as_mut()
+            .is_some_and(|replica| replica.read_index(read_id).is_ok());
+        let state = if started {
+            ClientState::Reading {
+                node: NodeId(target as u32),
+                read_id,
+                floor,
+                deadline_tick: now + CLIENT_TIMEOUT_TICKS,
+            }
+        } else {
+            ClientState::Idle { next_tick: retry }
+        };
+        self.clients[c].state = state;
+    }
+
+    fn on_read_result(&mut self, node: NodeId, read_id: u64, read_index: Option<Slot>) {
+        for client in &mut self.clients {
+            let ClientState::Reading {
+                node: n,
+                read_id: r,
+                floor,
+                ..
+            } = client.state
+            else {
+                continue;
+            };
+            if n != node || r != read_id {
+                continue;
+            }
+            client.state = ClientState::Idle {
+                next_tick: self.now_tick + 1,
+            };
+            if let Some(read_index) = read_index {
+                self.reads_served += 1;
+                if read_index < floor {
+                    self.checker.violation(format!(
+                        "linearizable read: {node} answered read {read_id} at index {read_index}, \
+                         but slot {} was applied before the read began",
+                        floor.0 - 1
+                    ));
+                }
             }
         }
     }
@@ -526,6 +633,11 @@ impl Simulation {
         for event in ready.events {
             match event {
                 Event::ProposalDropped { id, .. } => self.on_client_dropped(me, id),
+                Event::ReadReady {
+                    read_id,
+                    read_index,
+                } => self.on_read_result(me, read_id, Some(read_index)),
+                Event::ReadFailed { read_id, .. } => self.on_read_result(me, read_id, None),
                 Event::SnapshotNeeded { from, .. } => {
                     self.transfer_snapshot(from.0 as usize, index)
                 }
@@ -645,7 +757,9 @@ impl Simulation {
     }
 
     fn converged(&self) -> bool {
-        if self.clients.iter().any(|c| c.current.is_some()) {
+        let busy =
+            |c: &SimClient| c.current.is_some() || matches!(c.state, ClientState::Reading { .. });
+        if self.clients.iter().any(busy) {
             return false;
         }
         let mut applied = None;
@@ -723,6 +837,9 @@ pub enum Bug {
     LoseLog,
     /// No catch-up (liveness).
     NoCatchUp,
+    /// Replicas answer linearizable reads from their own state
+    /// (linearizable reads).
+    LocalReads,
 }
 
 impl SimOptions {
@@ -736,6 +853,10 @@ impl SimOptions {
             Some(Bug::ForgetPromise) => self.forget_promise_on_restart = true,
             Some(Bug::LoseLog) => self.lose_log_on_restart = true,
             Some(Bug::NoCatchUp) => self.bugs.no_catch_up = true,
+            Some(Bug::LocalReads) => {
+                self.bugs.local_reads = true;
+                self.faults.read_per_mille = self.faults.read_per_mille.max(300);
+            }
         }
         self.bugs.record_violations = bug.is_some();
         self

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         committed: 0,
         slots: 0,
         leader_changes: 0,
+        reads: 0,
         faults: Default::default(),
         violations: Vec::new(),
     };
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         totals.committed += report.committed;
         totals.slots += report.slots;
         totals.leader_changes += report.leader_changes;
+        totals.reads += report.reads;
         let f = &mut totals.faults;
         f.dropped += report.faults.dropped;
         f.duplicated += report.faults.duplicated;
@@ -75,13 +77,14 @@ fn main() -> ExitCode {
     }
     let f = &totals.faults;
     println!(
-        "seeds {} | ticks {} | steps {} | commands committed {} | slots {} | leader changes {} | \
+        "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
          faults: dropped {} duplicated {} partitions {} crashes {} torn writes {} snapshots taken {} installed {} | \
          violations {} | {:.1}s",
         args.seeds,
         totals.ticks,
         totals.steps,
         totals.committed,
+        totals.reads,
         totals.slots,
         totals.leader_changes,
         f.dropped,

@@ -70,6 +70,11 @@ fn liveness_checker_catches_missing_catch_up() {
 }
 
 #[test]
+fn read_checker_catches_local_reads_passed_off_as_linearizable() {
+    assert_caught(Bug::LocalReads, "linearizable read");
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let a = Simulation::new(SimOptions::from_seed(77)).run();
     let b = Simulation::new(SimOptions::from_seed(77)).run();
