@@ -1,7 +1,8 @@
 //! What the core hands back to its driver after each batch of inputs.
 //!
 //! The driver's contract, in this order:
-//! 1. write every record in `persist` and make it durable (one fsync for all);
+//! 1. write every record in `persist` and make it durable (one fsync for all;
+//!    if no record `needs_sync()`, writing them without an fsync is enough);
 //!    messages whose `requires_durability()` is false (a leader's accepts,
 //!    heartbeats, catch-up) may be sent before or during this step, so the
 //!    leader's fsync overlaps its followers';
@@ -33,6 +34,14 @@ pub enum PersistRecord {
 }
 
 impl PersistRecord {
+    /// Must this record be durable before the `Ready`'s other messages leave?
+    /// A chosen mark need not: a replica that loses it learns the slot again
+    /// from its peers. The driver may write such records lazily (handed to
+    /// the OS, synced with a later batch).
+    pub fn needs_sync(&self) -> bool {
+        !matches!(self, PersistRecord::Chosen { .. })
+    }
+
     pub fn slot(&self) -> Option<Slot> {
         match self {
             PersistRecord::Promised(_) => None,

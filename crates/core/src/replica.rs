@@ -795,6 +795,16 @@ impl Replica {
                             self.cfg.id
                         );
                         self.violation(msg);
+                    } else if existing.ballot != ballot {
+                        // Our acknowledgement says "accepted at `ballot`": make
+                        // it true on disk too (the chosen mark may not be
+                        // durable yet).
+                        existing.ballot = ballot;
+                        self.out.persist.push(PersistRecord::Accepted {
+                            slot,
+                            ballot,
+                            entry,
+                        });
                     }
                 }
                 Some(existing) if existing.ballot == ballot && existing.entry == entry => {}

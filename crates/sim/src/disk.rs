@@ -12,9 +12,29 @@ pub struct SimDisk {
     /// which must survive the forget-promise bug).
     pub durable_promise_high_water: Ballot,
     pub snapshot: Option<(Slot, Vec<u8>)>,
+    /// Records written without an fsync (chosen marks): durable only once a
+    /// later batch is synced, lost if the replica crashes first.
+    pub unsynced: Vec<PersistRecord>,
 }
 
 impl SimDisk {
+    /// Writes `records` in order; syncs (making earlier lazy writes durable
+    /// too) unless no record needs it.
+    pub fn write(&mut self, records: &[PersistRecord], checker: &mut Checker, node: NodeId) {
+        if !records.iter().any(|r| r.needs_sync()) {
+            self.unsynced.extend_from_slice(records);
+            return;
+        }
+        let lazy = std::mem::take(&mut self.unsynced);
+        self.write_synced(&lazy, checker, node);
+        self.write_synced(records, checker, node);
+    }
+
+    /// A crash: what was never synced is gone.
+    pub fn crash(&mut self) {
+        self.unsynced.clear();
+    }
+
     /// Writes and syncs `records` in order.
     pub fn write_synced(&mut self, records: &[PersistRecord], checker: &mut Checker, node: NodeId) {
         for record in records {
@@ -27,6 +47,7 @@ impl SimDisk {
     }
 
     pub fn save_snapshot(&mut self, slot: Slot, image: Vec<u8>) {
+        self.unsynced.retain(|r| r.slot().is_none_or(|s| s >= slot));
         self.durable.compact(slot);
         self.snapshot = Some((slot, image));
     }

@@ -359,6 +359,7 @@ impl Simulation {
     fn crash(&mut self, index: usize, down_ticks: u64) {
         let node = &mut self.nodes[index];
         node.replica = None;
+        node.disk.crash();
         node.down_until = self.now_tick + down_ticks;
         self.faults.crashes += 1;
     }
@@ -597,7 +598,7 @@ impl Simulation {
             let keep = self.rng.range(0, ready.persist.len() as u64) as usize;
             self.nodes[index]
                 .disk
-                .write_synced(&ready.persist[..keep], &mut self.checker, me);
+                .write(&ready.persist[..keep], &mut self.checker, me);
             self.faults.torn_writes += 1;
             let down = self.rng.range(5, 200);
             self.crash(index, down);
@@ -605,7 +606,7 @@ impl Simulation {
         }
         self.nodes[index]
             .disk
-            .write_synced(&ready.persist, &mut self.checker, me);
+            .write(&ready.persist, &mut self.checker, me);
         // 2. Send, asserting each promise/accept is durable first.
         for envelope in durable_only {
             self.check_durable_before_send(index, &envelope);

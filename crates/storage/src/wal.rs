@@ -357,6 +357,14 @@ impl Wal {
         Ok(())
     }
 
+    /// Hands everything appended so far to the operating system without
+    /// waiting for the disk: it survives the process dying, not a power
+    /// loss. For records that need no durability (chosen marks).
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        self.write_buffer()
+    }
+
     /// Makes everything appended so far durable with one `fdatasync` (group
     /// commit). After an error the WAL is poisoned.
     pub fn sync(&mut self) -> Result<()> {
