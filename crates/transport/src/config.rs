@@ -40,6 +40,8 @@ pub struct TransportConfig {
     /// Optional shared secret; when set, dialers must prove knowledge of it
     /// (HMAC-SHA256 over the listener's nonce, the cluster id and node id).
     pub cluster_secret: Option<Vec<u8>>,
+    /// Optional mutual TLS (see [`crate::PeerTls`]).
+    pub tls: Option<crate::PeerTls>,
 }
 
 impl TransportConfig {
@@ -62,10 +64,17 @@ impl TransportConfig {
             connect_backoff_max: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             cluster_secret: None,
+            tls: None,
         }
     }
 
     /// Sets the shared cluster secret.
+    /// Enables mutual TLS for peer connections.
+    pub fn with_tls(mut self, tls: crate::PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn with_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.cluster_secret = Some(secret.into());
         self

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::tls::PeerStream;
 use serde::de::DeserializeOwned;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
@@ -75,6 +76,26 @@ async fn connection_task<M: DeserializeOwned + Send + 'static>(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(node, %addr, error = %e, "set_nodelay failed");
     }
+    let stream: PeerStream = match &ctx.config.tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            let handshake =
+                tokio::time::timeout(ctx.config.handshake_timeout, tls.acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                Ok(Err(e)) => {
+                    ctx.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node, %addr, error = %e, "inbound TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    ctx.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node, %addr, "inbound TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let accepted = tokio::select! {
         biased;
@@ -169,7 +190,7 @@ impl From<TransportError> for Rejection {
 }
 
 async fn accept_handshake<M>(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<PeerStream>,
     ctx: &ListenerCtx<M>,
 ) -> Result<u32, Rejection> {
     let cfg = &ctx.config;
@@ -230,7 +251,7 @@ async fn accept_handshake<M>(
 }
 
 async fn read_loop<M: DeserializeOwned>(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<PeerStream>,
     from: u32,
     ctx: &ListenerCtx<M>,
 ) -> Result<(), TransportError> {

@@ -11,6 +11,7 @@
 mod config;
 mod inbound;
 mod outbound;
+mod tls;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use tokio::task::JoinHandle;
 pub use config::{
     TransportConfig, DEFAULT_INBOUND_CAPACITY, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SEND_QUEUE_CAPACITY,
 };
+pub use tls::{certificates_from_pem, private_key_from_pem, PeerTls};
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]

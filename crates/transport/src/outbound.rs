@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::PeerStream;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -124,10 +125,22 @@ pub(crate) async fn peer_task<M: Serialize + Send + 'static>(
     }
 }
 
-async fn connect(config: &TransportConfig, peer: &PeerShared) -> Result<TcpStream, TransportError> {
+async fn connect(
+    config: &TransportConfig,
+    peer: &PeerShared,
+) -> Result<PeerStream, TransportError> {
     let fut = async {
-        let mut stream = TcpStream::connect(peer.addr).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect(peer.addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream: PeerStream = match &config.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(
+                tls.connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| TransportError::Rejected(format!("TLS handshake failed: {e}")))?,
+            ),
+        };
         dial_handshake(&mut stream, config, peer.id).await?;
         Ok(stream)
     };
@@ -138,8 +151,8 @@ async fn connect(config: &TransportConfig, peer: &PeerShared) -> Result<TcpStrea
 }
 
 /// Dialer side of the handshake (see [`crate::wire`]).
-pub(crate) async fn dial_handshake(
-    stream: &mut TcpStream,
+pub(crate) async fn dial_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     config: &TransportConfig,
     expected_peer: u32,
 ) -> Result<(), TransportError> {
@@ -189,12 +202,12 @@ pub(crate) async fn dial_handshake(
 /// Drains the queue into the connection until it breaks. `Ok(())` means the
 /// queue was closed (handle dropped).
 async fn run_session<M: Serialize>(
-    stream: TcpStream,
+    stream: PeerStream,
     rx: &mut mpsc::Receiver<M>,
     peer: &PeerShared,
     max_frame_bytes: usize,
 ) -> Result<(), TransportError> {
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = tokio::io::split(stream);
     let mut wr = BufWriter::with_capacity(WRITE_BUFFER, wr);
     let limit = rx.max_capacity().max(1);
     let mut batch: Vec<M> = Vec::with_capacity(limit.min(1024));
