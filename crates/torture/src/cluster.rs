@@ -1,0 +1,317 @@
+//! The replica processes and their proxies.
+
+use crate::http;
+use crate::proxy::Net;
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use std::fs::OpenOptions;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub n: usize,
+    bin: PathBuf,
+    pub http: Vec<SocketAddr>,
+    peer: Vec<SocketAddr>,
+    pub net: Net,
+    data_root: PathBuf,
+    log_root: PathBuf,
+    procs: Vec<Option<Child>>,
+    paused: Vec<bool>,
+    pub extra_args: Vec<String>,
+}
+
+fn free_addrs(k: usize) -> Result<Vec<SocketAddr>> {
+    let ls: Vec<TcpListener> = (0..k)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    Ok(ls.iter().filter_map(|l| l.local_addr().ok()).collect())
+}
+
+/// Outcome of starting a replica.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Started {
+    Serving,
+    /// The process exited before serving (e.g. refused a corrupt log).
+    Exited(String),
+    TimedOut,
+}
+
+impl Cluster {
+    pub async fn new(
+        bin: &Path,
+        n: usize,
+        root: &Path,
+        extra_args: Vec<String>,
+    ) -> Result<Cluster> {
+        let addrs = free_addrs(2 * n)?;
+        let peer = addrs[..n].to_vec();
+        let http = addrs[n..].to_vec();
+        let net = Net::start(&peer).await?;
+        let data_root = root.join("data");
+        let log_root = root.join("logs");
+        let _ = std::fs::remove_dir_all(&data_root);
+        std::fs::create_dir_all(&data_root)?;
+        std::fs::create_dir_all(&log_root)?;
+        Ok(Cluster {
+            n,
+            bin: bin.to_path_buf(),
+            http,
+            peer,
+            net,
+            data_root,
+            log_root,
+            procs: (0..n).map(|_| None).collect(),
+            paused: vec![false; n],
+            extra_args,
+        })
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.data_root.join(format!("node-{i}"))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.log_root.join(format!("node-{i}.log"))
+    }
+
+    /// Replica i's --peers: its own real address at i, the proxy (i -> j) at j.
+    fn peers_arg(&self, i: usize) -> String {
+        (0..self.n)
+            .map(|j| {
+                if i == j {
+                    self.peer[i].to_string()
+                } else {
+                    self.net
+                        .listen_addr(i, j)
+                        .map_or_else(String::new, |a| a.to_string())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Spawns replica i with extra environment (LD_PRELOAD fault
+    /// injectors: libfaketime, libfiu).
+    pub fn spawn(&mut self, i: usize, env: &[(&str, String)]) -> Result<()> {
+        if self.procs[i].is_some() {
+            return Err(anyhow!("replica {i} is already running"));
+        }
+        // Preloads are set directly (not through the `faketime` wrapper,
+        // which forks: SIGKILL must reach the replica itself).
+        let mut cmd = Command::new(&self.bin);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.arg("node")
+            .arg("--id")
+            .arg(i.to_string())
+            .arg("--peers")
+            .arg(self.peers_arg(i))
+            .arg("--http")
+            .arg(self.http[i].to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(&self.extra_args);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
+        cmd.env("RUST_LOG", "warn")
+            .env_remove("PAXLOG_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.procs[i] = Some(child);
+        self.paused[i] = false;
+        Ok(())
+    }
+
+    /// Waits until replica i answers /status, or its process exits.
+    pub async fn wait_serving(&mut self, i: usize, timeout: Duration) -> Started {
+        let start = Instant::now();
+        loop {
+            if status(self.http[i]).await.is_some() {
+                return Started::Serving;
+            }
+            if let Some(child) = self.procs[i].as_mut() {
+                if let Ok(Some(exit)) = child.try_wait() {
+                    self.procs[i] = None;
+                    return Started::Exited(exit.to_string());
+                }
+            } else {
+                return Started::Exited("not running".into());
+            }
+            if start.elapsed() > timeout {
+                return Started::TimedOut;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn start(&mut self, i: usize, env: &[(&str, String)]) -> Result<Started> {
+        self.spawn(i, env)?;
+        Ok(self.wait_serving(i, Duration::from_secs(30)).await)
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    /// Reaps replica i if its process has exited on its own; returns how.
+    pub fn reap(&mut self, i: usize) -> Option<String> {
+        let exit = self.procs[i].as_mut()?.try_wait().ok()??;
+        self.procs[i] = None;
+        Some(exit.to_string())
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.procs[i].is_some() && !self.paused[i]
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.procs[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused[i] = false;
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> Result<()> {
+        let pid = self.procs[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("replica {i} is not running"))?
+            .id();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !st.success() {
+            return Err(anyhow!("kill -{sig} {pid} failed"));
+        }
+        Ok(())
+    }
+
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        self.signal(i, "STOP")?;
+        self.paused[i] = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        if self.paused[i] {
+            self.signal(i, "CONT")?;
+            self.paused[i] = false;
+        }
+        Ok(())
+    }
+
+    /// The leader as most reachable replicas report it, if that replica
+    /// agrees it leads.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut votes = vec![0usize; self.n];
+        let mut self_leader = vec![false; self.n];
+        for (i, leads) in self_leader.iter_mut().enumerate() {
+            if !self.is_up(i) {
+                continue;
+            }
+            if let Some(s) = status(self.http[i]).await {
+                if let Some(l) = s["leader"].as_u64() {
+                    if (l as usize) < self.n {
+                        votes[l as usize] += 1;
+                    }
+                }
+                if s["role"]
+                    .as_str()
+                    .is_some_and(|r| r.eq_ignore_ascii_case("leader"))
+                {
+                    *leads = true;
+                }
+            }
+        }
+        (0..self.n)
+            .filter(|&i| self_leader[i] && self.is_up(i))
+            .max_by_key(|&i| votes[i])
+    }
+
+    /// Components: the largest set of up replicas, all pairwise connected
+    /// both ways, if it is a majority.
+    pub fn majority_component(&self) -> Option<Vec<usize>> {
+        let n = self.n;
+        let mut best: Option<Vec<usize>> = None;
+        for mask in 1u32..(1 << n) {
+            let set: Vec<usize> = (0..n).filter(|&i| mask & (1 << i) != 0).collect();
+            if set.len() <= n / 2 || !set.iter().all(|&i| self.is_up(i)) {
+                continue;
+            }
+            let connected = set.iter().all(|&a| {
+                set.iter()
+                    .all(|&b| a == b || (!self.net.is_blocked(a, b) && !self.net.is_blocked(b, a)))
+            });
+            if connected && best.as_ref().is_none_or(|b| b.len() < set.len()) {
+                best = Some(set);
+            }
+        }
+        best
+    }
+
+    pub fn shutdown(&mut self) {
+        for i in 0..self.n {
+            let _ = self.resume(i);
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// libfiu's preload libraries, if installed (Debian: `fiu-utils`).
+pub fn fiu_libs() -> Option<String> {
+    let run = PathBuf::from("/usr/lib/fiu/fiu_run_preload.so");
+    let posix = PathBuf::from("/usr/lib/fiu/fiu_posix_preload.so");
+    (run.exists() && posix.exists()).then(|| format!("{} {}", run.display(), posix.display()))
+}
+
+/// The libfaketime shared object, if installed (Debian: `faketime`).
+pub fn faketime_lib() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+pub async fn status(addr: SocketAddr) -> Option<Value> {
+    match http::request(
+        addr,
+        "GET",
+        "/status",
+        &[],
+        None,
+        Duration::from_millis(800),
+    )
+    .await
+    {
+        Ok(r) if r.status == 200 => Some(r.body),
+        _ => None,
+    }
+}
+
+pub async fn db(addr: SocketAddr) -> Option<Value> {
+    match http::request(addr, "GET", "/db", &[], None, Duration::from_secs(3)).await {
+        Ok(r) if r.status == 200 => Some(r.body),
+        _ => None,
+    }
+}

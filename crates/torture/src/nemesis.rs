@@ -1,0 +1,486 @@
+//! Fault injection on a schedule drawn from the seed. One fault at a time:
+//! apply, hold, heal, pause, repeat.
+
+use crate::cluster::{Cluster, Started};
+use crate::history::{Connectivity, FaultRec};
+use crate::Rng;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Kill,
+    Pause,
+    Partition,
+    Clock,
+    Disk,
+    Fsync,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Partition => "partition",
+            Kind::Clock => "clock",
+            Kind::Disk => "disk",
+            Kind::Fsync => "fsync",
+        }
+    }
+}
+
+pub struct Nemesis<'a> {
+    pub cluster: &'a mut Cluster,
+    pub rng: Rng,
+    pub t0: Instant,
+    pub faults: Vec<FaultRec>,
+    pub timeline: Vec<Connectivity>,
+    /// Problems that fail the run (e.g. a replica that would not restart).
+    pub failures: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+fn ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+impl<'a> Nemesis<'a> {
+    pub fn new(cluster: &'a mut Cluster, seed: u64, t0: Instant) -> Self {
+        let mut n = Nemesis {
+            cluster,
+            rng: Rng::new(seed ^ 0xFA17),
+            t0,
+            faults: Vec::new(),
+            timeline: Vec::new(),
+            failures: Vec::new(),
+            notes: Vec::new(),
+        };
+        n.mark();
+        n
+    }
+
+    /// Records the connectivity now.
+    pub fn mark(&mut self) {
+        let majority = self.cluster.majority_component();
+        if self.timeline.last().map(|c| &c.majority) != Some(&majority) {
+            self.timeline.push(Connectivity {
+                at_ms: ms(self.t0),
+                majority,
+            });
+        }
+    }
+
+    async fn sleep_ms(&mut self, lo: u64, hi: u64, until: Instant) {
+        let d = Duration::from_millis(self.rng.range(lo, hi));
+        let now = Instant::now();
+        let end = (now + d).min(until.max(now));
+        tokio::time::sleep_until(end.into()).await;
+    }
+
+    fn pick(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..n).collect();
+        let mut out = Vec::new();
+        for _ in 0..k.min(n) {
+            let i = self.rng.below(all.len() as u64) as usize;
+            out.push(all.swap_remove(i));
+        }
+        out.sort_unstable();
+        out
+    }
+
+    async fn leader_or_random(&mut self) -> (usize, bool) {
+        match self.cluster.leader().await {
+            Some(l) => (l, true),
+            None => (self.rng.below(self.cluster.n as u64) as usize, false),
+        }
+    }
+
+    async fn restart(&mut self, i: usize, env: &[(&str, String)]) -> Started {
+        self.cluster.kill(i);
+        match self.cluster.start(i, env).await {
+            Ok(s) => s,
+            Err(e) => Started::Exited(format!("{e:#}")),
+        }
+    }
+
+    /// Runs faults until `until`, then heals everything.
+    pub async fn run(
+        &mut self,
+        kinds: &[Kind],
+        start_after: Duration,
+        until: Instant,
+    ) -> Result<()> {
+        tokio::time::sleep(start_after).await;
+        while Instant::now() + Duration::from_millis(1500) < until {
+            let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
+            let start = ms(self.t0);
+            let mut rec = FaultRec {
+                kind: kind.name().into(),
+                detail: String::new(),
+                nodes: Vec::new(),
+                leader_targeted: false,
+                start_ms: start,
+                end_ms: start,
+                note: None,
+            };
+            match kind {
+                Kind::Kill => self.kill(&mut rec, until).await,
+                Kind::Pause => self.pause(&mut rec, until).await?,
+                Kind::Partition => self.partition(&mut rec, until).await,
+                Kind::Clock => self.clock(&mut rec, until).await,
+                Kind::Disk => self.disk(&mut rec).await?,
+                Kind::Fsync => self.fsync(&mut rec, until).await,
+            }
+            rec.end_ms = ms(self.t0);
+            self.faults.push(rec);
+            self.mark();
+            self.sleep_ms(1000, 3000, until).await;
+        }
+        self.heal_all().await;
+        Ok(())
+    }
+
+    pub async fn heal_all(&mut self) {
+        self.cluster.net.heal_all();
+        for i in 0..self.cluster.n {
+            let _ = self.cluster.resume(i);
+            if let Some(exit) = self.cluster.reap(i) {
+                self.notes.push(format!(
+                    "replica {i} had exited on its own ({exit}); restarted"
+                ));
+            }
+            if !self.cluster.is_running(i) {
+                let s = self.restart(i, &[]).await;
+                if s != Started::Serving {
+                    self.failures.push(format!(
+                        "replica {i} did not come back after healing: {s:?}"
+                    ));
+                }
+            }
+        }
+        self.mark();
+    }
+
+    async fn kill(&mut self, rec: &mut FaultRec, until: Instant) {
+        let n = self.cluster.n;
+        let victims = match self.rng.below(3) {
+            0 => {
+                rec.detail = "one".into();
+                self.pick(n, 1)
+            }
+            1 => {
+                rec.detail = "minority".into();
+                self.pick(n, (n - 1) / 2)
+            }
+            _ => {
+                let (l, found) = self.leader_or_random().await;
+                rec.detail = if found { "leader" } else { "one (no leader)" }.into();
+                rec.leader_targeted = found;
+                vec![l]
+            }
+        };
+        for &v in &victims {
+            self.cluster.kill(v);
+        }
+        rec.nodes = victims.clone();
+        self.mark();
+        self.sleep_ms(1000, 5000, until).await;
+        for &v in &victims {
+            let s = self.restart(v, &[]).await;
+            if s != Started::Serving {
+                self.failures
+                    .push(format!("replica {v} did not restart after SIGKILL: {s:?}"));
+            }
+        }
+    }
+
+    async fn pause(&mut self, rec: &mut FaultRec, until: Instant) -> Result<()> {
+        let v = if self.rng.below(2) == 0 {
+            rec.detail = "one".into();
+            self.rng.below(self.cluster.n as u64) as usize
+        } else {
+            let (l, found) = self.leader_or_random().await;
+            rec.detail = if found { "leader" } else { "one (no leader)" }.into();
+            rec.leader_targeted = found;
+            l
+        };
+        rec.nodes = vec![v];
+        self.cluster.pause(v)?;
+        self.mark();
+        self.sleep_ms(1500, 6000, until).await;
+        self.cluster.resume(v)?;
+        Ok(())
+    }
+
+    async fn partition(&mut self, rec: &mut FaultRec, until: Instant) {
+        let n = self.cluster.n;
+        let all: Vec<usize> = (0..n).collect();
+        let rest = |g: &[usize]| -> Vec<usize> {
+            all.iter().copied().filter(|x| !g.contains(x)).collect()
+        };
+        match self.rng.below(5) {
+            0 => {
+                let g = self.pick(n, 1);
+                rec.detail = format!("isolate {g:?}");
+                self.cluster.net.split(&g, &rest(&g));
+                rec.nodes = g;
+            }
+            1 => {
+                let g = self.pick(n, (n - 1) / 2);
+                rec.detail = format!("majority/minority: minority {g:?}");
+                self.cluster.net.split(&g, &rest(&g));
+                rec.nodes = g;
+            }
+            2 => {
+                let (l, found) = self.leader_or_random().await;
+                rec.leader_targeted = found;
+                rec.detail = format!("isolate leader {l}");
+                self.cluster.net.split(&[l], &rest(&[l]));
+                rec.nodes = vec![l];
+            }
+            3 => {
+                // Bridge: two halves that only one replica connects.
+                let order = self.pick(n, n);
+                let mut order = order;
+                for i in (1..order.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    order.swap(i, j);
+                }
+                let bridge = order[0];
+                let half = (n - 1) / 2;
+                let a: Vec<usize> = order[1..1 + half].to_vec();
+                let b: Vec<usize> = order[1 + half..].to_vec();
+                rec.detail = format!("bridge {bridge} between {a:?} and {b:?}");
+                self.cluster.net.split(&a, &b);
+                rec.nodes = vec![bridge];
+            }
+            _ => {
+                // One way: the leader can hear the others but not reach them.
+                let (l, found) = self.leader_or_random().await;
+                rec.leader_targeted = found;
+                rec.detail = format!("one-way: {l} cannot send to the others");
+                for j in 0..n {
+                    if j != l {
+                        self.cluster.net.set_blocked(l, j, true);
+                    }
+                }
+                rec.nodes = vec![l];
+            }
+        }
+        self.mark();
+        self.sleep_ms(2000, 8000, until).await;
+        self.cluster.net.heal_all();
+    }
+
+    async fn clock(&mut self, rec: &mut FaultRec, until: Instant) {
+        const SPECS: [&str; 4] = ["+1h x2", "-1h x0.5", "+10m x4", "-5m x0.25"];
+        let v = self.rng.below(self.cluster.n as u64) as usize;
+        let spec = SPECS[self.rng.below(SPECS.len() as u64) as usize];
+        rec.nodes = vec![v];
+        rec.detail = format!("restart under faketime -f '{spec}'");
+        let Some(lib) = crate::cluster::faketime_lib() else {
+            rec.note = Some("libfaketime not installed".into());
+            return;
+        };
+        let env = [
+            ("LD_PRELOAD", lib.display().to_string()),
+            ("FAKETIME", spec.to_string()),
+        ];
+        let s = self.restart(v, &env).await;
+        if s != Started::Serving {
+            rec.note = Some(format!("did not serve under faketime: {s:?}"));
+        }
+        self.mark();
+        self.sleep_ms(3000, 8000, until).await;
+        let s = self.restart(v, &[]).await;
+        if s != Started::Serving {
+            self.failures.push(format!(
+                "replica {v} did not restart after the clock fault: {s:?}"
+            ));
+        }
+    }
+
+    /// Restarts a replica with libfiu failing a share of its fsync and
+    /// fdatasync calls (EIO); paxlog must fail-stop (poisoned WAL), never
+    /// acknowledge what it could not make durable.
+    async fn fsync(&mut self, rec: &mut FaultRec, until: Instant) {
+        let Some(libs) = crate::cluster::fiu_libs() else {
+            rec.note = Some("libfiu not installed".into());
+            return;
+        };
+        let v = self.rng.below(self.cluster.n as u64) as usize;
+        let prob = [0.01, 0.05, 0.2][self.rng.below(3) as usize];
+        rec.nodes = vec![v];
+        rec.detail = format!("restart with fsync/fdatasync failing with p={prob} (libfiu)");
+        let env = [
+            ("LD_PRELOAD", libs),
+            (
+                "FIU_ENABLE",
+                format!("enable_random name=posix/io/sync/*,probability={prob}"),
+            ),
+        ];
+        let s = self.restart(v, &env).await;
+        self.mark();
+        self.sleep_ms(3000, 8000, until).await;
+        rec.note = Some(match (s, self.cluster.reap(v)) {
+            (Started::Serving, None) => "still running at the end".to_string(),
+            (Started::Serving, Some(exit)) => format!("replica stopped itself ({exit})"),
+            (other, _) => format!("did not serve: {other:?}"),
+        });
+        let s = self.restart(v, &[]).await;
+        if s != Started::Serving {
+            self.failures.push(format!(
+                "replica {v} did not restart after the fsync fault: {s:?}"
+            ));
+        }
+    }
+
+    async fn disk(&mut self, rec: &mut FaultRec) -> Result<()> {
+        let v = self.rng.below(self.cluster.n as u64) as usize;
+        rec.nodes = vec![v];
+        self.cluster.kill(v);
+        self.mark();
+        let dir = self.cluster.data_dir(v);
+        let mode = self.rng.below(10);
+        let damage = match newest_wal(&dir) {
+            None => None,
+            Some(path) => damage_wal(&path, mode, &mut self.rng)?,
+        };
+        let Some((what, must_refuse)) = damage else {
+            rec.detail = "no WAL record to damage; plain restart".into();
+            let s = self.restart(v, &[]).await;
+            if s != Started::Serving {
+                self.failures
+                    .push(format!("replica {v} did not restart: {s:?}"));
+            }
+            return Ok(());
+        };
+        rec.detail = what.clone();
+        self.cluster.spawn(v, &[])?;
+        let s = self.cluster.wait_serving(v, Duration::from_secs(20)).await;
+        match (must_refuse, s) {
+            (false, Started::Serving) => rec.note = Some("recovered (torn tail truncated)".into()),
+            (true, Started::Exited(e)) => {
+                rec.note = Some(format!(
+                    "corruption detected (refused to start: {e}); data wiped, rejoined empty"
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                let s = self.restart(v, &[]).await;
+                if s != Started::Serving {
+                    self.failures.push(format!(
+                        "replica {v} did not start with a wiped data folder: {s:?}"
+                    ));
+                }
+            }
+            (true, Started::Serving) => {
+                self.failures.push(format!(
+                    "replica {v} started despite mid-log corruption ({what})"
+                ));
+                rec.note = Some("UNDETECTED corruption".into());
+            }
+            (true, Started::TimedOut) => {
+                self.failures.push(format!(
+                    "replica {v} neither served nor exited within 20 s after mid-log corruption ({what})"
+                ));
+                rec.note = Some("hung after corruption".into());
+                self.cluster.kill(v);
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = self.restart(v, &[]).await;
+            }
+            (false, other) => {
+                self.failures.push(format!(
+                    "replica {v} did not recover from a torn tail ({what}): {other:?}; log: {}",
+                    self.cluster.log_path(v).display()
+                ));
+                rec.note = Some("did not recover from a torn tail".into());
+                self.cluster.kill(v);
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = self.restart(v, &[]).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn newest_wal(dir: &Path) -> Option<PathBuf> {
+    let mut wals: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        })
+        .collect();
+    wals.sort();
+    wals.pop()
+}
+
+const SEGMENT_HEADER_LEN: usize = 24;
+const RECORD_HEADER_LEN: usize = 8;
+
+/// Record spans (start, end) of a WAL segment, parsed from the length fields.
+fn records(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while off + RECORD_HEADER_LEN <= data.len() {
+        let len =
+            u32::from_le_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
+        let end = off + RECORD_HEADER_LEN + len;
+        if len == 0 || end > data.len() {
+            break;
+        }
+        out.push((off, end));
+        off = end;
+    }
+    out
+}
+
+/// Damages a WAL: mode 0..3 truncate the tail, 4..6 flip a bit in the last
+/// record, 7..9 flip a bit in a record in the middle. Returns what was done
+/// and whether the replica must refuse to start.
+fn damage_wal(path: &Path, mode: u64, rng: &mut Rng) -> Result<Option<(String, bool)>> {
+    let mut data = std::fs::read(path)?;
+    let recs = records(&data);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .to_string();
+    let Some(&(last_start, last_end)) = recs.last() else {
+        return Ok(None);
+    };
+    let (what, refuse) = if mode < 4 || (mode >= 7 && recs.len() < 3) {
+        let cut = rng.range(1, (last_end - last_start) as u64) as usize;
+        data.truncate(data.len() - cut);
+        (
+            format!("truncated {cut} bytes off the tail of {name}"),
+            false,
+        )
+    } else if mode < 7 {
+        let at = rng.range((last_start + RECORD_HEADER_LEN) as u64, last_end as u64) as usize;
+        let bit = rng.below(8);
+        data[at] ^= 1 << bit;
+        (
+            format!("flipped bit {bit} of byte {at} in the last record of {name}"),
+            false,
+        )
+    } else {
+        let r = rng.below(recs.len() as u64 - 1) as usize;
+        let (s, e) = recs[r];
+        let at = rng.range((s + RECORD_HEADER_LEN) as u64, e as u64) as usize;
+        let bit = rng.below(8);
+        data[at] ^= 1 << bit;
+        (
+            format!(
+                "flipped bit {bit} of byte {at} in record {r} of {} in {name}",
+                recs.len()
+            ),
+            true,
+        )
+    };
+    std::fs::write(path, &data)?;
+    Ok(Some((what, refuse)))
+}
