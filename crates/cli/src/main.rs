@@ -163,6 +163,9 @@ struct NodeArgs {
     /// Client HTTP API address.
     #[arg(long, env = "PAXLOG_HTTP")]
     http: Option<SocketAddr>,
+    /// Every replica's HTTP address, in id order (for the dashboard at /).
+    #[arg(long, value_delimiter = ',', env = "PAXLOG_HTTP_PEERS")]
+    http_peers: Option<Vec<SocketAddr>>,
     #[arg(long, env = "PAXLOG_DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[arg(long, env = "PAXLOG_CLUSTER_ID")]
@@ -455,6 +458,9 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     if let Some(v) = args.request_timeout_ms {
         cfg.request_timeout_ms = v;
     }
+    if let Some(v) = args.http_peers {
+        cfg.http_peers = v;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -497,8 +503,10 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("port {base} + {i} is out of range"))
     };
     let mut peers = Vec::new();
+    let mut http_peers = Vec::new();
     for i in 0..args.nodes {
         peers.push(SocketAddr::new(args.host, port(peer_base, i)?));
+        http_peers.push(SocketAddr::new(args.host, port(args.base_port, i)?));
     }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut nodes = tokio::task::JoinSet::new();
@@ -513,6 +521,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         if let Some(every) = args.snapshot_every {
             cfg.snapshot_every_rounds = every;
         }
+        cfg.http_peers = http_peers.clone();
         cfg.validate()?;
         let mut stop = stop_tx.subscribe();
         nodes.spawn(async move {
@@ -540,6 +549,10 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
     println!(
         "Try: curl -s -X POST localhost:{}/command -d '{{\"command\": \"li = []\"}}'",
         args.base_port
+    );
+    println!(
+        "Dashboard: http://{}/  (metrics at /metrics)",
+        SocketAddr::new(args.host, args.base_port)
     );
     println!("Ctrl-C stops the cluster; running this again resumes from the same data.");
     let mut first_error = None;

@@ -39,6 +39,14 @@ pub struct NodeConfig {
     /// Shared secret that peers prove in their handshake (optional).
     #[serde(default)]
     pub cluster_secret: Option<String>,
+    /// Every replica's client HTTP address, in id order (this one's too),
+    /// if known: the dashboard polls them. Empty: unknown.
+    #[serde(default)]
+    pub http_peers: Vec<SocketAddr>,
+    /// `/ready` fails while this replica's applied round is more than this
+    /// many rounds behind the highest chosen round it knows of.
+    #[serde(default = "defaults::ready_max_lag_rounds")]
+    pub ready_max_lag_rounds: u64,
 }
 
 mod defaults {
@@ -66,6 +74,9 @@ mod defaults {
     pub fn max_pending_requests() -> usize {
         100_000
     }
+    pub fn ready_max_lag_rounds() -> u64 {
+        1_000
+    }
 }
 
 impl NodeConfig {
@@ -85,6 +96,8 @@ impl NodeConfig {
             max_body_bytes: defaults::max_body_bytes(),
             max_pending_requests: defaults::max_pending_requests(),
             cluster_secret: None,
+            http_peers: Vec::new(),
+            ready_max_lag_rounds: defaults::ready_max_lag_rounds(),
         }
     }
 
@@ -110,6 +123,13 @@ impl NodeConfig {
         }
         if self.peers.contains(&self.http) {
             return fail(format!("--http {} is also a peer address", self.http));
+        }
+        if !self.http_peers.is_empty() && self.http_peers.len() != self.peers.len() {
+            return fail(format!(
+                "http_peers lists {} addresses but there are {} replicas (give one per replica, in id order, or none)",
+                self.http_peers.len(),
+                self.peers.len()
+            ));
         }
         if self.cluster_id.is_empty() || self.cluster_id.len() > 128 {
             return fail("cluster id must be 1 to 128 characters".into());

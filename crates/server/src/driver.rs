@@ -8,6 +8,7 @@
 //! new inputs queue up and form the next batch.
 
 use crate::config::NodeConfig;
+use crate::metrics::{gauge_value, Metrics};
 use crate::wire::Wire;
 use bytes::Bytes;
 use paxlog_core::{
@@ -21,6 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +34,13 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 const SNAPSHOT_STALL: Duration = Duration::from_secs(2);
 /// A write with no leader to go to is retried this often.
 const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+/// Peer reachability and catch-up progress are published this often.
+const SLOW_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// A replica this many rounds behind the highest chosen round it knows of
+/// is catching up; it logs one line once it is (nearly) level again.
+const CATCH_UP_LAG: u64 = 256;
+/// Largest page `GET /log` returns.
+pub const MAX_LOG_PAGE: usize = 200;
 
 /// An HTTP-level failure: status code and a message naming the problem.
 #[derive(Clone, Debug)]
@@ -79,11 +88,19 @@ pub enum Consistency {
 
 pub enum Query {
     Get(String),
-    Scan { prefix: String, limit: usize },
+    Scan {
+        prefix: String,
+        limit: usize,
+    },
     Db,
     Current,
     Fetch(u64),
     Status,
+    /// Chosen entries from `from` (default: the last `limit` chosen rounds).
+    Log {
+        from: Option<u64>,
+        limit: usize,
+    },
 }
 
 pub struct ReadRequest {
@@ -109,6 +126,22 @@ pub enum Answer {
     Current(u64),
     Fetched(Fetched),
     Status(Box<NodeStatus>),
+    Log(LogPage),
+}
+
+#[derive(Serialize)]
+pub struct LogEntry {
+    pub round: u64,
+    /// The command as text; `None` for a no-op.
+    pub command: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct LogPage {
+    pub log_start: u64,
+    pub chosen_round: u64,
+    pub current_round: u64,
+    pub entries: Vec<LogEntry>,
 }
 
 pub enum Fetched {
@@ -167,6 +200,30 @@ enum TimeoutKey {
     Read(u64),
 }
 
+/// A catch-up in progress, for its one log line when done.
+struct CatchUp {
+    from_round: u64,
+    started: Instant,
+    snapshot_installed: bool,
+}
+
+/// Marks the driver alive in the published health state while it exists
+/// (so a panic or an error return also reads as "driver stopped").
+struct AliveGuard(Arc<Metrics>);
+
+impl AliveGuard {
+    fn new(metrics: Arc<Metrics>) -> AliveGuard {
+        metrics.published.set_driver_alive(true);
+        AliveGuard(metrics)
+    }
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.published.set_driver_alive(false);
+    }
+}
+
 struct IncomingSnapshot {
     from: NodeId,
     log_start: Option<Slot>,
@@ -201,9 +258,17 @@ pub struct Driver {
     started: Instant,
     /// Consensus time, counted from the monotonic clock: ticks delivered.
     ticks_done: u64,
+    metrics: Arc<Metrics>,
+    /// The highest chosen round heard of in peers' messages.
+    heard_chosen: u64,
+    /// The leader as last seen, to count changes.
+    last_leader: Option<NodeId>,
+    next_slow_publish: Instant,
+    catch_up: Option<CatchUp>,
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NodeConfig,
         replica: Replica,
@@ -212,6 +277,7 @@ impl Driver {
         snapshots: SnapshotStore,
         transport: TransportHandle<Wire>,
         last_snapshot_round: u64,
+        metrics: Arc<Metrics>,
     ) -> Driver {
         let reproposal_interval = Duration::from_millis(2 * cfg.tick_ms * cfg.election_ticks);
         Driver {
@@ -235,6 +301,11 @@ impl Driver {
             incoming_snapshot: None,
             started: Instant::now(),
             ticks_done: 0,
+            metrics,
+            heard_chosen: 0,
+            last_leader: None,
+            next_slow_publish: Instant::now(),
+            catch_up: None,
         }
     }
 
@@ -242,13 +313,20 @@ impl Driver {
     /// for the replica (e.g. a failed fsync: the process must restart and
     /// recover from what is on disk).
     pub fn run(mut self, mut inputs: mpsc::Receiver<DriverInput>) -> Result<(), String> {
+        let _alive = AliveGuard::new(self.metrics.clone());
         // Re-apply what the log holds beyond the snapshot.
+        let replay_started = Instant::now();
         self.process_ready()?;
+        let current_round = self.kv.applied_upto().0;
         tracing::info!(
             node = self.cfg.id,
-            current_round = self.kv.applied_upto().0,
-            "replica started"
+            current_round,
+            snapshot_round = self.last_snapshot_round,
+            replayed_rounds = current_round.saturating_sub(self.last_snapshot_round),
+            ms = replay_started.elapsed().as_millis() as u64,
+            "replica started: recovery replayed the log beyond the snapshot"
         );
+        self.publish();
         'outer: loop {
             let Some(first) = inputs.blocking_recv() else {
                 break;
@@ -267,6 +345,7 @@ impl Driver {
                 }
             }
             self.process_ready()?;
+            self.publish();
         }
         self.fail_everything("the replica is shutting down");
         tracing::info!(node = self.cfg.id, "replica stopped");
@@ -305,10 +384,29 @@ impl Driver {
                     .send(envelope.to.0, Wire::Core(envelope.message));
             }
             if !ready.persist.is_empty() {
+                // Chosen marks alone need no fsync (they can be learned
+                // again), which keeps an fsync off the path from a quorum's
+                // acknowledgement to the client's answer.
+                let needs_sync = ready.persist.iter().any(|r| r.needs_sync());
+                let started = Instant::now();
                 self.wal
                     .append(&ready.persist)
-                    .and_then(|()| self.wal.sync())
+                    .and_then(|()| {
+                        if needs_sync {
+                            self.wal.sync()
+                        } else {
+                            self.wal.flush()
+                        }
+                    })
                     .map_err(|e| format!("write-ahead log failed: {e}"))?;
+                if needs_sync {
+                    self.metrics
+                        .wal_fsync_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .wal_batch_records
+                        .observe(ready.persist.len() as f64);
+                }
             }
             // 2. Then promises and acknowledgements.
             for envelope in durable_only {
@@ -331,6 +429,7 @@ impl Driver {
 
     fn apply(&mut self, slot: Slot, entry: &Entry) {
         let output = self.kv.apply(slot, entry);
+        self.metrics.commits.inc();
         if let Some(id) = entry.request_id() {
             if let Some(write) = self.writes.remove(&id) {
                 let _ = write.reply.send(Ok(output));
@@ -341,7 +440,28 @@ impl Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::LeaderChanged { leader, ballot } => {
-                tracing::info!(node = self.cfg.id, leader = ?leader.map(|l| l.0), %ballot, "leader changed");
+                if leader != self.last_leader {
+                    self.metrics.leader_changes.inc();
+                }
+                let previous = self.last_leader.map(|l| l.0);
+                self.last_leader = leader;
+                let role = self.replica.role();
+                let message = if leader == Some(NodeId(self.cfg.id)) {
+                    "elected leader"
+                } else if leader.is_none() {
+                    "leader lost: no leader known"
+                } else {
+                    "leader changed"
+                };
+                tracing::info!(
+                    node = self.cfg.id,
+                    leader = leader.map(|l| l.0),
+                    previous_leader = previous,
+                    %ballot,
+                    role = ?role,
+                    current_round = self.kv.applied_upto().0,
+                    "{message}"
+                );
             }
             Event::ProposalDropped { id, reason } => {
                 if self.writes.contains_key(&id) {
@@ -402,6 +522,7 @@ impl Driver {
             return;
         }
         let id = request.id;
+        self.metrics.proposals.inc();
         self.writes.insert(
             id,
             PendingWrite {
@@ -518,7 +639,33 @@ impl Driver {
             Query::Current => Answer::Current(current_round),
             Query::Fetch(round) => Answer::Fetched(self.fetch(*round)),
             Query::Status => Answer::Status(Box::new(self.status())),
+            Query::Log { from, limit } => Answer::Log(self.log_page(*from, *limit)),
         })
+    }
+
+    fn log_page(&self, from: Option<u64>, limit: usize) -> LogPage {
+        let limit = limit.clamp(1, MAX_LOG_PAGE) as u64;
+        let chosen = self.replica.chosen_upto().0;
+        let log_start = self.replica.log_start().0;
+        let start = from
+            .unwrap_or_else(|| chosen.saturating_sub(limit))
+            .max(log_start);
+        let end = chosen.min(start.saturating_add(limit));
+        let entries = (start..end)
+            .filter_map(|round| {
+                let entry = self.replica.chosen_entry(Slot(round))?;
+                Some(LogEntry {
+                    round,
+                    command: describe_entry(entry),
+                })
+            })
+            .collect();
+        LogPage {
+            log_start,
+            chosen_round: chosen,
+            current_round: self.kv.applied_upto().0,
+            entries,
+        }
     }
 
     fn fetch(&self, round: u64) -> Fetched {
@@ -529,16 +676,9 @@ impl Driver {
             };
         }
         match self.replica.chosen_entry(slot) {
-            Some(Entry::Noop) => Fetched::Value {
+            Some(entry) => Fetched::Value {
                 round_id: round,
-                value: None,
-            },
-            Some(Entry::Command { payload, .. }) => Fetched::Value {
-                round_id: round,
-                value: Some(match KvCommand::decode(payload) {
-                    Ok(command) => command.describe(),
-                    Err(e) => format!("<undecodable command: {e}>"),
-                }),
+                value: describe_entry(entry),
             },
             None => Fetched::NotYet {
                 current_round: self.kv.applied_upto().0,
@@ -589,6 +729,81 @@ impl Driver {
             pending_writes: self.writes.len(),
             last_snapshot_round: self.last_snapshot_round,
             peers,
+        }
+    }
+
+    // ----- observability ---------------------------------------------------
+
+    /// Publishes this turn's state to the metrics and health atomics: a few
+    /// atomic stores per turn, plus peer reachability every 100 ms.
+    fn publish(&mut self) {
+        let m = &self.metrics;
+        let applied = self.kv.applied_upto().0;
+        let chosen = self.replica.chosen_upto().0;
+        let role = self.replica.role();
+        let leader = self.replica.leader();
+        m.applied_round.set(gauge_value(applied));
+        m.chosen_round.set(gauge_value(chosen));
+        m.is_leader.set(i64::from(role == Role::Leader));
+        m.promised_ballot
+            .set(gauge_value(self.replica.promised().counter));
+        let known_chosen = chosen.max(self.heard_chosen);
+        m.published
+            .set_state(role, leader.map(|l| l.0), applied, chosen, known_chosen);
+        self.track_catch_up(applied, known_chosen, leader);
+        let now = Instant::now();
+        if now < self.next_slow_publish {
+            return;
+        }
+        self.next_slow_publish = now + SLOW_PUBLISH_INTERVAL;
+        for peer in self.transport.peer_status() {
+            self.metrics.set_peer_reachable(peer.id, peer.connected);
+        }
+    }
+
+    /// A peer told of a higher chosen round: if we are far behind, a
+    /// catch-up starts (logged once it ends).
+    fn note_lag(&mut self, from: u32) {
+        if self.catch_up.is_some() {
+            return;
+        }
+        let applied = self.kv.applied_upto().0;
+        let lag = self.heard_chosen.saturating_sub(applied);
+        if lag > CATCH_UP_LAG {
+            tracing::debug!(
+                node = self.cfg.id,
+                current_round = applied,
+                known_chosen_round = self.heard_chosen,
+                peer = from,
+                "catching up: {lag} rounds behind"
+            );
+            self.catch_up = Some(CatchUp {
+                from_round: applied,
+                started: Instant::now(),
+                snapshot_installed: false,
+            });
+        }
+    }
+
+    /// One comparison per turn; logs once when a catch-up ends.
+    fn track_catch_up(&mut self, applied: u64, known_chosen: u64, leader: Option<NodeId>) {
+        let lag = known_chosen.saturating_sub(applied);
+        match &self.catch_up {
+            Some(catch_up) if lag <= CATCH_UP_LAG / 8 => {
+                let rounds = applied.saturating_sub(catch_up.from_round);
+                tracing::info!(
+                    node = self.cfg.id,
+                    rounds,
+                    from_round = catch_up.from_round,
+                    to_round = applied,
+                    peer = leader.map(|l| l.0),
+                    via_snapshot = catch_up.snapshot_installed,
+                    ms = catch_up.started.elapsed().as_millis() as u64,
+                    "caught up {rounds} rounds from peer"
+                );
+                self.catch_up = None;
+            }
+            _ => {}
         }
     }
 
@@ -732,12 +947,18 @@ impl Driver {
             .compact(Slot(applied))
             .map_err(|e| format!("log compaction failed: {e}"))?;
         self.last_snapshot_round = applied;
+        let elapsed = started.elapsed();
+        self.metrics.snapshots.inc();
+        self.metrics.snapshot_seconds.observe(elapsed.as_secs_f64());
+        self.metrics
+            .snapshot_bytes
+            .set(gauge_value(image.len() as u64));
         tracing::info!(
             node = self.cfg.id,
             round = applied,
             bytes = image.len(),
             segments_removed = removed.len(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = elapsed.as_millis() as u64,
             "snapshot taken, log compacted"
         );
         Ok(())
@@ -840,6 +1061,12 @@ impl Driver {
     }
 
     fn on_core_message(&mut self, from: u32, message: Message) {
+        if let Some(chosen) = chosen_hint(&message) {
+            if chosen.0 > self.heard_chosen {
+                self.heard_chosen = chosen.0;
+                self.note_lag(from);
+            }
+        }
         self.replica.step(NodeId(from), message);
     }
 
@@ -942,17 +1169,28 @@ impl Driver {
             );
             return Ok(());
         }
+        let previous_round = self.kv.applied_upto().0;
         self.kv = restored;
         self.replica.install_snapshot(slot);
         self.wal
             .compact(slot)
             .map_err(|e| format!("log compaction failed: {e}"))?;
         self.last_snapshot_round = slot.0;
+        self.metrics.snapshot_installs.inc();
+        self.metrics
+            .snapshot_bytes
+            .set(gauge_value(image.len() as u64));
+        if let Some(catch_up) = &mut self.catch_up {
+            catch_up.snapshot_installed = true;
+        }
+        let rounds = slot.0.saturating_sub(previous_round);
         tracing::info!(
             node = self.cfg.id,
             round = slot.0,
             from,
-            "installed snapshot from peer"
+            rounds,
+            bytes = image.len(),
+            "installed snapshot from peer: skipped {rounds} rounds"
         );
         Ok(())
     }
@@ -960,6 +1198,33 @@ impl Driver {
     /// Uptime, for status pages.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+/// The highest chosen round a peer's message tells of, if any.
+fn chosen_hint(message: &Message) -> Option<Slot> {
+    match message {
+        Message::Prepare { chosen_upto, .. }
+        | Message::Promise { chosen_upto, .. }
+        | Message::Accepted { chosen_upto, .. }
+        | Message::Reject { chosen_upto, .. }
+        | Message::HeartbeatAck { chosen_upto, .. }
+        | Message::CatchUpReply { chosen_upto, .. } => Some(*chosen_upto),
+        Message::Accept { commit_upto, .. } | Message::Heartbeat { commit_upto, .. } => {
+            Some(*commit_upto)
+        }
+        _ => None,
+    }
+}
+
+/// A chosen entry as text: the command, or `None` for a no-op.
+fn describe_entry(entry: &Entry) -> Option<String> {
+    match entry {
+        Entry::Noop => None,
+        Entry::Command { payload, .. } => Some(match KvCommand::decode(payload) {
+            Ok(command) => command.describe(),
+            Err(e) => format!("<undecodable command: {e}>"),
+        }),
     }
 }
 

@@ -7,12 +7,14 @@
 
 use crate::driver::{
     kind_name, Answer, ApiError, Consistency, DriverInput, Fetched, Query, ReadRequest,
-    WriteRequest,
+    WriteRequest, MAX_LOG_PAGE,
 };
+use crate::metrics::{method_label, Metrics};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query as QueryParams, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,20 +43,40 @@ pub struct AppState {
 struct Inner {
     driver: mpsc::Sender<DriverInput>,
     request_timeout: Duration,
+    metrics: Arc<Metrics>,
+    node: NodeInfo,
     /// Request ids for clients that bring none: a random base per process
     /// plus a counter, so ids never repeat across restarts.
     id_base: u64,
     id_counter: AtomicU64,
 }
 
+/// What the observability endpoints say about this replica.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub id: u32,
+    pub http: SocketAddr,
+    /// Every replica's HTTP address in id order; empty when unknown.
+    pub http_peers: Vec<SocketAddr>,
+    /// `/ready` bound: rounds the applied round may trail the chosen one.
+    pub ready_max_lag_rounds: u64,
+}
+
 impl AppState {
-    pub fn new(driver: mpsc::Sender<DriverInput>, request_timeout: Duration) -> AppState {
+    pub fn new(
+        driver: mpsc::Sender<DriverInput>,
+        request_timeout: Duration,
+        metrics: Arc<Metrics>,
+        node: NodeInfo,
+    ) -> AppState {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u64(std::process::id().into());
         AppState {
             inner: Arc::new(Inner {
                 driver,
                 request_timeout,
+                metrics,
+                node,
                 id_base: hasher.finish(),
                 id_counter: AtomicU64::new(0),
             }),
@@ -74,6 +97,14 @@ impl AppState {
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
+        .route("/", get(dashboard_html))
+        .route("/assets/dashboard.js", get(dashboard_js))
+        .route("/assets/dashboard.css", get(dashboard_css))
+        .route("/metrics", get(get_metrics))
+        .route("/health", get(get_health))
+        .route("/ready", get(get_ready))
+        .route("/cluster", get(get_cluster))
+        .route("/log", get(get_log))
         .route("/command", post(post_command))
         .route("/current", get(get_current))
         .route("/fetch", get(get_fetch))
@@ -85,7 +116,41 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Times every request into the latency histogram (by route template, so
+/// keys in paths add no label values) and lets any page read GET answers
+/// (CORS), so the dashboard served by one replica can poll the others.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let mut response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let metrics = &state.inner.metrics;
+    let endpoint = endpoint.as_deref().unwrap_or("unmatched");
+    metrics.observe_request(endpoint, method_label(&method), status.as_u16(), elapsed);
+    let is_write = matches!(
+        (&method, endpoint),
+        (&Method::POST, "/command" | "/v1/cas/{*key}")
+            | (&Method::PUT | &Method::DELETE, "/v1/kv/{*key}")
+    );
+    if is_write && status.is_success() {
+        metrics.published.record_write(elapsed);
+    }
+    if method == Method::GET || method == Method::HEAD {
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
+    response
 }
 
 // ----- errors --------------------------------------------------------------
@@ -116,7 +181,8 @@ impl IntoResponse for ApiError {
 async fn not_found() -> Response {
     error_response(
         404,
-        "no such endpoint; see /status, /db, /current, /fetch?round_id=N, POST /command, /v1/kv/KEY",
+        "no such endpoint; see /status, /db, /current, /fetch?round_id=N, POST /command, /v1/kv/KEY, \
+         /metrics, /health, /ready, /cluster, /log?from=N&limit=M, and the dashboard at /",
     )
 }
 
@@ -373,11 +439,171 @@ async fn get_db(
 }
 
 async fn get_status(State(state): State<AppState>) -> Response {
-    match state.read(Query::Status, Consistency::Local).await {
-        Ok(Answer::Status(status)) => Json(status).into_response(),
-        Ok(_) => error_response(500, "unexpected answer"),
+    match status_json(&state).await {
+        Ok(status) => Json(status).into_response(),
         Err(response) => response,
     }
+}
+
+/// The driver's status plus counters the HTTP layer keeps (write count and
+/// summed latency, for the dashboard's charts) and the HTTP addresses.
+async fn status_json(state: &AppState) -> Result<Value, Response> {
+    match state.read(Query::Status, Consistency::Local).await? {
+        Answer::Status(status) => {
+            let mut value = serde_json::to_value(&*status)
+                .map_err(|e| error_response(500, format!("cannot encode status: {e}")))?;
+            let published = state.inner.metrics.published.snapshot();
+            if let Value::Object(map) = &mut value {
+                map.insert("http".into(), json!(state.inner.node.http.to_string()));
+                map.insert(
+                    "known_chosen_round".into(),
+                    json!(published.known_chosen_round),
+                );
+                map.insert(
+                    "stats".into(),
+                    json!({
+                        "writes": published.writes,
+                        "write_latency_sum_ms": published.write_latency_sum_ms,
+                        "proposals": state.inner.metrics.proposals.get(),
+                        "commits": state.inner.metrics.commits.get(),
+                    }),
+                );
+            }
+            Ok(value)
+        }
+        _ => Err(error_response(500, "unexpected answer")),
+    }
+}
+
+// ----- observability -----------------------------------------------------------
+
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard_html() -> Response {
+    asset("text/html; charset=utf-8", DASHBOARD_HTML)
+}
+
+async fn dashboard_js() -> Response {
+    asset("text/javascript; charset=utf-8", DASHBOARD_JS)
+}
+
+async fn dashboard_css() -> Response {
+    asset("text/css; charset=utf-8", DASHBOARD_CSS)
+}
+
+/// Prometheus scrape: encoded from the shared registry, never through the
+/// driver, so it answers while the driver is busy.
+async fn get_metrics(State(state): State<AppState>) -> Response {
+    match state.inner.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => error_response(500, "cannot encode metrics"),
+    }
+}
+
+/// Liveness: the process answers and its driver thread runs.
+async fn get_health(State(state): State<AppState>) -> Response {
+    if state.inner.metrics.published.driver_alive() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        error_response(503, "the replica's driver thread stopped")
+    }
+}
+
+/// Readiness: a leader is known and this replica is not far behind.
+async fn get_ready(State(state): State<AppState>) -> Response {
+    let snapshot = state.inner.metrics.published.snapshot();
+    let body = |status: &str| {
+        json!({
+            "status": status,
+            "role": snapshot.role,
+            "leader": snapshot.leader,
+            "current_round": snapshot.applied_round,
+            "chosen_round": snapshot.chosen_round,
+            "known_chosen_round": snapshot.known_chosen_round,
+        })
+    };
+    match snapshot.readiness(state.inner.node.ready_max_lag_rounds) {
+        Ok(()) => Json(body("ready")).into_response(),
+        Err(reason) => {
+            let mut value = body("not_ready");
+            if let Value::Object(map) = &mut value {
+                map.insert("reason".into(), json!(reason));
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, Json(value)).into_response()
+        }
+    }
+}
+
+/// This replica's status plus every replica's HTTP address (if known), so
+/// the dashboard can poll them all.
+async fn get_cluster(State(state): State<AppState>) -> Response {
+    let node = &state.inner.node;
+    let status = match status_json(&state).await {
+        Ok(status) => status,
+        Err(response) => return response,
+    };
+    let http_peers: Vec<String> = node.http_peers.iter().map(|a| a.to_string()).collect();
+    Json(json!({
+        "id": node.id,
+        "http": node.http.to_string(),
+        "http_peers": http_peers,
+        "status": status,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Chosen entries: `from` (default: the last `limit` chosen rounds), at
+/// most `limit` (default 50, at most 200).
+async fn get_log(
+    State(state): State<AppState>,
+    params: Result<QueryParams<LogParams>, QueryRejection>,
+) -> Response {
+    let run = async {
+        let params = query_or_error(params)?;
+        let limit = params.limit.unwrap_or(50);
+        if limit == 0 || limit > MAX_LOG_PAGE {
+            return Err(error_response(
+                400,
+                format!("limit must be 1..={MAX_LOG_PAGE}"),
+            ));
+        }
+        let query = Query::Log {
+            from: params.from,
+            limit,
+        };
+        match state.read(query, Consistency::Local).await? {
+            Answer::Log(page) => Ok(Json(page).into_response()),
+            _ => Err(error_response(500, "unexpected answer")),
+        }
+    };
+    run.await.unwrap_or_else(|r: Response| r)
 }
 
 // ----- the key-value API -------------------------------------------------------

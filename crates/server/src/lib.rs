@@ -6,6 +6,7 @@ pub mod config;
 pub mod driver;
 mod error;
 pub mod http;
+pub mod metrics;
 pub mod wire;
 
 pub use config::NodeConfig;
@@ -19,7 +20,8 @@ use paxlog_transport::{Transport, TransportConfig};
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use wire::Wire;
 
@@ -33,6 +35,7 @@ pub async fn run_node(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     cfg.validate()?;
+    let recovery_started = Instant::now();
     let data_dir = DataDir::open_or_init(&cfg.data_dir, &cfg.cluster_id, cfg.id)?;
     let recovery = data_dir.recover(WalOptions::default())?;
     for repair in &recovery.recovered.repairs {
@@ -51,7 +54,9 @@ pub async fn run_node(
         node = cfg.id,
         snapshot_round = last_snapshot_round,
         wal_records = recovery.recovered.records,
+        repairs = recovery.recovered.repairs.len(),
         promised = %recovery.recovered.state.promised,
+        ms = recovery_started.elapsed().as_millis() as u64,
         "recovered from {}",
         cfg.data_dir.display()
     );
@@ -116,6 +121,7 @@ pub async fn run_node(
         }
     });
 
+    let metrics = Arc::new(metrics::Metrics::new(cfg.id));
     let driver = Driver::new(
         cfg.clone(),
         replica,
@@ -124,6 +130,7 @@ pub async fn run_node(
         recovery.snapshots,
         transport.clone(),
         last_snapshot_round,
+        metrics.clone(),
     );
     let (driver_done_tx, driver_done) = oneshot::channel();
     let node_id = cfg.id;
@@ -138,6 +145,13 @@ pub async fn run_node(
     let state = http::AppState::new(
         driver_tx.clone(),
         Duration::from_millis(cfg.request_timeout_ms),
+        metrics,
+        http::NodeInfo {
+            id: cfg.id,
+            http: cfg.http,
+            http_peers: cfg.http_peers.clone(),
+            ready_max_lag_rounds: cfg.ready_max_lag_rounds,
+        },
     );
     let app = http::router(state, cfg.max_body_bytes);
     tracing::info!(node = node_id, http = %cfg.http, peer = %cfg.peers[cfg.id as usize], "serving");
