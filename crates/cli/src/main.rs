@@ -2,6 +2,7 @@
 //! inspect a data folder, and measure.
 
 mod bench;
+mod certs;
 mod client;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -123,6 +124,20 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Make a cluster CA and certificates for N replicas and a client.
+    Certs {
+        /// Folder to write into (files must not exist yet).
+        #[arg(long, default_value = "./paxlog-certs")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Extra host names or IP addresses the replica certificates name.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// The name replicas check on each other's certificates.
+        #[arg(long, default_value = "paxlog")]
+        peer_name: String,
+    },
     /// Report what a data folder holds (read only).
     Inspect {
         dir: PathBuf,
@@ -139,6 +154,27 @@ enum ReadConsistency {
 
 #[derive(Args, Clone)]
 struct Endpoints {
+    /// Bearer token for a replica that requires one.
+    #[arg(long, env = "PAXLOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for https:// endpoints.
+    #[arg(long, env = "PAXLOG_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Client certificate and key (PEM), for replicas that require one.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        requires = "client_key",
+        env = "PAXLOG_CERT"
+    )]
+    client_cert: Option<PathBuf>,
+    #[arg(
+        long = "key",
+        id = "client_key",
+        requires = "client_cert",
+        env = "PAXLOG_KEY"
+    )]
+    client_key: Option<PathBuf>,
     /// Replica HTTP endpoints, tried in turn until one answers.
     #[arg(
         long,
@@ -171,8 +207,29 @@ struct NodeArgs {
     #[arg(long, env = "PAXLOG_CLUSTER_ID")]
     cluster_id: Option<String>,
     /// Shared secret peers must prove (HMAC handshake).
-    #[arg(long, env = "PAXLOG_CLUSTER_SECRET")]
+    #[arg(long, env = "PAXLOG_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// This replica's certificate chain (PEM): enables mutual TLS between
+    /// replicas and HTTPS for clients (needs --tls-key and --tls-ca).
+    #[arg(long, env = "PAXLOG_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PAXLOG_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs every replica's certificate.
+    #[arg(long, env = "PAXLOG_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The name every replica's certificate carries (default "paxlog").
+    #[arg(long, env = "PAXLOG_TLS_PEER_NAME")]
+    tls_peer_name: Option<String>,
+    /// HTTP clients must present a certificate signed by --tls-ca.
+    #[arg(long, env = "PAXLOG_TLS_CLIENT_AUTH")]
+    tls_client_auth: bool,
+    /// Bearer token that may read and write through the HTTP API.
+    #[arg(long, env = "PAXLOG_WRITE_TOKEN", hide_env_values = true)]
+    write_token: Option<String>,
+    /// Bearer token that may only read.
+    #[arg(long, env = "PAXLOG_READ_TOKEN", hide_env_values = true)]
+    read_token: Option<String>,
     #[arg(long, env = "PAXLOG_TICK_MS")]
     tick_ms: Option<u64>,
     #[arg(long, env = "PAXLOG_SNAPSHOT_EVERY")]
@@ -199,6 +256,16 @@ struct ClusterArgs {
     data_dir: PathBuf,
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// A folder made by `paxlog certs`: run with mutual TLS between replicas
+    /// and HTTPS for clients.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Bearer token that may read and write.
+    #[arg(long, env = "PAXLOG_WRITE_TOKEN", hide_env_values = true)]
+    write_token: Option<String>,
+    /// Bearer token that may only read.
+    #[arg(long, env = "PAXLOG_READ_TOKEN", hide_env_values = true)]
+    read_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -333,6 +400,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Verb::Certs {
+            out,
+            nodes,
+            hosts,
+            peer_name,
+        } => {
+            let written = certs::generate(&out, nodes, &peer_name, &hosts)?;
+            println!(
+                "wrote {} files to {}: {}",
+                written.len(),
+                out.display(),
+                written.join(", ")
+            );
+            println!(
+                "run: paxlog cluster --tls-dir {0}   (clients: --cacert {0}/ca.pem, https://127.0.0.1:5000)",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Verb::Inspect { dir, json } => {
             let report = paxlog_storage::inspect(&dir)
                 .with_context(|| format!("cannot inspect {}", dir.display()))?;
@@ -373,11 +459,44 @@ async fn client_call(
     body: Option<Value>,
 ) -> Result<ExitCode> {
     let http = client::new_client(1);
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let tls = match &endpoints.cacert {
+        Some(ca) => {
+            let identity = match (&endpoints.client_cert, &endpoints.client_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            Some(client::TlsClient::new(
+                &read(ca)?,
+                identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            )?)
+        }
+        None => None,
+    };
+    let headers: Vec<(&str, String)> = endpoints
+        .token
+        .iter()
+        .map(|t| ("authorization", format!("Bearer {t}")))
+        .collect();
     let body = body.map(|b| Bytes::from(b.to_string()));
     let mut failures = Vec::new();
     for endpoint in &endpoints.endpoints {
         let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-        match client::request(&http, method.clone(), &url, &[], body.clone()).await {
+        let outcome = if url.starts_with("https://") {
+            match &tls {
+                Some(tls) => {
+                    tls.request(method.clone(), &url, &headers, body.clone())
+                        .await
+                }
+                None => Err(anyhow!(
+                    "{url}: give --cacert FILE to trust an https endpoint"
+                )),
+            }
+        } else {
+            client::request(&http, method.clone(), &url, &headers, body.clone()).await
+        };
+        match outcome {
             Ok(response) => {
                 let text = match serde_json::from_slice::<Value>(&response.body) {
                     Ok(json) => serde_json::to_string_pretty(&json)?,
@@ -448,6 +567,25 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     }
     if let Some(v) = args.cluster_secret {
         cfg.cluster_secret = Some(v);
+    }
+    if args.tls_cert.is_some() {
+        cfg.tls_cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        cfg.tls_key = args.tls_key;
+    }
+    if args.tls_ca.is_some() {
+        cfg.tls_ca = args.tls_ca;
+    }
+    if let Some(v) = args.tls_peer_name {
+        cfg.tls_peer_name = v;
+    }
+    cfg.tls_client_auth |= args.tls_client_auth;
+    if args.write_token.is_some() {
+        cfg.write_token = args.write_token;
+    }
+    if args.read_token.is_some() {
+        cfg.read_token = args.read_token;
     }
     if let Some(v) = args.tick_ms {
         cfg.tick_ms = v;
@@ -522,6 +660,13 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
             cfg.snapshot_every_rounds = every;
         }
         cfg.http_peers = http_peers.clone();
+        if let Some(dir) = &args.tls_dir {
+            cfg.tls_cert = Some(dir.join(format!("node-{i}.pem")));
+            cfg.tls_key = Some(dir.join(format!("node-{i}-key.pem")));
+            cfg.tls_ca = Some(dir.join("ca.pem"));
+        }
+        cfg.write_token = args.write_token.clone();
+        cfg.read_token = args.read_token.clone();
         cfg.validate()?;
         let mut stop = stop_tx.subscribe();
         nodes.spawn(async move {

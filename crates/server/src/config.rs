@@ -39,6 +39,28 @@ pub struct NodeConfig {
     /// Shared secret that peers prove in their handshake (optional).
     #[serde(default)]
     pub cluster_secret: Option<String>,
+    /// TLS: this replica's certificate chain and key (PEM) and the cluster
+    /// CA. When set, peers use mutual TLS (every replica's certificate must be
+    /// signed by `tls_ca` and name `tls_peer_name`), and the client API is
+    /// served over HTTPS with the same certificate.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name (DNS subject alternative name) peers' certificates carry.
+    #[serde(default = "defaults::tls_peer_name")]
+    pub tls_peer_name: String,
+    /// Clients of the HTTP API must present a certificate signed by `tls_ca`.
+    #[serde(default)]
+    pub tls_client_auth: bool,
+    /// Bearer token that may read and write through the client API.
+    #[serde(default)]
+    pub write_token: Option<String>,
+    /// Bearer token that may only read.
+    #[serde(default)]
+    pub read_token: Option<String>,
     /// Every replica's client HTTP address, in id order (this one's too),
     /// if known: the dashboard polls them. Empty: unknown.
     #[serde(default)]
@@ -50,6 +72,9 @@ pub struct NodeConfig {
 }
 
 mod defaults {
+    pub fn tls_peer_name() -> String {
+        "paxlog".to_string()
+    }
     pub fn cluster_id() -> String {
         "paxlog".to_string()
     }
@@ -96,6 +121,13 @@ impl NodeConfig {
             max_body_bytes: defaults::max_body_bytes(),
             max_pending_requests: defaults::max_pending_requests(),
             cluster_secret: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_peer_name: defaults::tls_peer_name(),
+            tls_client_auth: false,
+            write_token: None,
+            read_token: None,
             http_peers: Vec::new(),
             ready_max_lag_rounds: defaults::ready_max_lag_rounds(),
         }
@@ -123,6 +155,22 @@ impl NodeConfig {
         }
         if self.peers.contains(&self.http) {
             return fail(format!("--http {} is also a peer address", self.http));
+        }
+        let tls_files = [&self.tls_cert, &self.tls_key, &self.tls_ca];
+        let given = tls_files.iter().filter(|f| f.is_some()).count();
+        if given != 0 && given != 3 {
+            return fail("TLS needs all three of --tls-cert, --tls-key and --tls-ca".into());
+        }
+        if self.tls_client_auth && given == 0 {
+            return fail("--tls-client-auth needs --tls-cert, --tls-key and --tls-ca".into());
+        }
+        for token in [&self.write_token, &self.read_token].into_iter().flatten() {
+            if token.len() < 8 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return fail("a token must be at least 8 characters, without spaces".into());
+            }
+        }
+        if self.read_token.is_some() && self.write_token.is_none() {
+            return fail("a read-only token without a write token would leave no way to write; give --write-token too".into());
         }
         if !self.http_peers.is_empty() && self.http_peers.len() != self.peers.len() {
             return fail(format!(

@@ -2,11 +2,13 @@
 //! folder, connects to its peers, runs the driver loop on its own thread and
 //! serves the client HTTP API.
 
+mod auth;
 pub mod config;
 pub mod driver;
 mod error;
 pub mod http;
 pub mod metrics;
+mod tls;
 pub mod wire;
 
 pub use config::NodeConfig;
@@ -83,6 +85,23 @@ pub async fn run_node(
     if let Some(secret) = &cfg.cluster_secret {
         transport_cfg = transport_cfg.with_secret(secret.as_bytes().to_vec());
     }
+    let tls_pem = load_tls_files(&cfg)?;
+    if let Some((cert, key, ca)) = &tls_pem {
+        transport_cfg = transport_cfg.with_tls(paxlog_transport::PeerTls::from_pem(
+            cert,
+            key,
+            ca,
+            &cfg.tls_peer_name,
+        )?);
+    }
+    let http_tls = match &tls_pem {
+        Some((cert, key, ca)) => Some(tls::HttpTls::from_pem(
+            cert,
+            key,
+            cfg.tls_client_auth.then_some(ca.as_slice()),
+        )?),
+        None => None,
+    };
     let (transport, mut inbound) = Transport::start::<Wire>(transport_cfg).await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http)
@@ -153,16 +172,35 @@ pub async fn run_node(
             ready_max_lag_rounds: cfg.ready_max_lag_rounds,
         },
     );
-    let app = http::router(state, cfg.max_body_bytes);
+    let tokens = std::sync::Arc::new(auth::Tokens {
+        read_write: cfg.write_token.clone(),
+        read_only: cfg.read_token.clone(),
+    });
+    let mut app = http::router(state, cfg.max_body_bytes);
+    if tokens.enabled() {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::require_token,
+        ));
+    }
     tracing::info!(node = node_id, http = %cfg.http, peer = %cfg.peers[cfg.id as usize], "serving");
 
     let (stop_http_tx, stop_http) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.await;
-            })
-            .await
+        let stop = async move {
+            let _ = stop_http.await;
+        };
+        match http_tls {
+            Some(tls) => {
+                tls::serve(listener, app, tls, stop).await;
+                Ok(())
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        }
     });
 
     let mut driver_done = driver_done;
@@ -192,4 +230,17 @@ pub async fn run_node(
     forwarder.abort();
     transport.shutdown().await;
     outcome
+}
+
+/// Reads the TLS certificate, key and CA files, if configured.
+#[allow(clippy::type_complexity)]
+fn load_tls_files(cfg: &NodeConfig) -> Result<Option<(Vec<u8>, Vec<u8>, Vec<u8>)>, ServerError> {
+    let (Some(cert), Some(key), Some(ca)) = (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_ca) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    Ok(Some((read(cert)?, read(key)?, read(ca)?)))
 }

@@ -1,0 +1,112 @@
+//! HTTPS for the client API (rustls). Optionally requires client
+//! certificates signed by a given CA.
+
+use crate::error::ServerError;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use paxlog_transport::{certificates_from_pem, private_key_from_pem};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::crypto::ring::default_provider;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+/// TLS settings for the client API.
+#[derive(Clone)]
+pub struct HttpTls {
+    acceptor: TlsAcceptor,
+}
+
+fn tls_error(what: &str, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Config(format!("HTTP TLS {what}: {e}"))
+}
+
+impl HttpTls {
+    /// `client_ca_pem`: when given, clients must present a certificate
+    /// signed by it.
+    pub fn from_pem(
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+    ) -> Result<HttpTls, ServerError> {
+        let provider = Arc::new(default_provider());
+        let certs = certificates_from_pem(cert_chain_pem)?;
+        let key = private_key_from_pem(key_pem)?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error("protocol versions", e))?;
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates_from_pem(ca)? {
+                    roots.add(cert).map_err(|e| tls_error("client CA", e))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| tls_error("client verifier", e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| tls_error("certificate and key", e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(HttpTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+/// Serves `app` over TLS until `shutdown` resolves. A failed handshake only
+/// drops that connection.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: HttpTls,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let acceptor = tls.acceptor.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let stream = match acceptor.accept(tcp).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+            }
+        });
+    }
+    // Give in-flight requests a moment, then drop the rest.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+}
