@@ -79,6 +79,20 @@ impl KvCommand {
 
     /// Checks every limit, as `apply` will; the server should call this on
     /// commands it did not build with the constructors above.
+    /// Can this command fail depending on the state (`+=` and `del` on a
+    /// name that may be missing or of another type)? Such a command is
+    /// checked against an up-to-date state before it is proposed.
+    pub fn depends_on_state(&self) -> bool {
+        match self {
+            KvCommand::Exec { source } => matches!(
+                check_statement(source),
+                Ok(crate::parser::Statement::AddAssign { .. }
+                    | crate::parser::Statement::Delete { .. })
+            ),
+            _ => false,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), KvError> {
         match self {
             KvCommand::Exec { source } => check_statement(source).map(|_| ()),

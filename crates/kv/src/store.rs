@@ -159,6 +159,21 @@ impl KvStore {
         self.clients.len()
     }
 
+    /// If `id` was already applied here (so it is committed), the answer a
+    /// retry gets, without going through the log again.
+    pub fn answer_duplicate(&self, id: RequestId) -> Option<ApplyOutput> {
+        let rec = self.clients.get(&id.client_id)?;
+        if id.seq != rec.last_seq {
+            return None;
+        }
+        Some(ApplyOutput {
+            slot: rec.last_slot,
+            duplicate: true,
+            original_slot: Some(rec.last_slot),
+            result: rec.outcome.replay(),
+        })
+    }
+
     /// The last request seq applied for `client_id`, if still remembered.
     pub fn last_seq(&self, client_id: u64) -> Option<u64> {
         self.clients.get(&client_id).map(|r| r.last_seq)

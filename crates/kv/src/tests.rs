@@ -1014,3 +1014,29 @@ fn dedup_records_do_not_keep_request_values() {
         image.len()
     );
 }
+
+#[test]
+fn a_retry_of_an_applied_request_is_answered_without_the_log() {
+    let mut s = KvStore::default();
+    let put = cmd_entry(9, 3, &KvCommand::put("k", &json!(1)).unwrap());
+    let first = run(&mut s, &put);
+    let id = paxlog_core::RequestId {
+        client_id: 9,
+        seq: 3,
+    };
+    let answer = s.answer_duplicate(id).expect("known");
+    assert!(answer.duplicate && answer.is_ok());
+    assert_eq!(answer.original_slot, Some(first.slot));
+    assert!(s
+        .answer_duplicate(paxlog_core::RequestId {
+            client_id: 9,
+            seq: 4
+        })
+        .is_none());
+    assert!(s
+        .answer_duplicate(paxlog_core::RequestId {
+            client_id: 8,
+            seq: 3
+        })
+        .is_none());
+}

@@ -17,7 +17,7 @@ use paxlog_core::{
 };
 use paxlog_kv::{ApplyOutput, ApplyResult, KvCommand, KvStore};
 use paxlog_storage::{SnapshotReceiver, SnapshotStore, Wal};
-use paxlog_transport::{PeerStatus, TransportHandle};
+use paxlog_transport::{Inbound, PeerStatus, TransportHandle};
 use serde::Serialize;
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -64,8 +64,6 @@ impl ApiError {
 pub enum DriverInput {
     Write(WriteRequest),
     Read(ReadRequest),
-    Peer { from: u32, wire: Wire },
-    Tick,
     Shutdown,
 }
 
@@ -190,8 +188,11 @@ struct PendingWrite {
     deadline: Instant,
 }
 
-struct PendingRead {
-    request: ReadRequest,
+/// Waiting for this replica to be up to date: a read, or a write whose
+/// pre-check must see every write acknowledged before it arrived.
+enum PendingRead {
+    Read(ReadRequest),
+    Write(WriteRequest),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -312,7 +313,25 @@ impl Driver {
     /// Runs until `Shutdown` or every sender is gone. An error here is fatal
     /// for the replica (e.g. a failed fsync: the process must restart and
     /// recover from what is on disk).
-    pub fn run(mut self, mut inputs: mpsc::Receiver<DriverInput>) -> Result<(), String> {
+    pub fn run(
+        self,
+        inputs: mpsc::Receiver<DriverInput>,
+        peers: mpsc::Receiver<Inbound<Wire>>,
+    ) -> Result<(), String> {
+        // A runtime of its own: the driver blocks it on fsync, which is what
+        // we want (inputs queue up meanwhile and form the next batch).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the driver's runtime: {e}"))?;
+        runtime.block_on(self.run_turns(inputs, peers))
+    }
+
+    async fn run_turns(
+        mut self,
+        mut inputs: mpsc::Receiver<DriverInput>,
+        mut peers: mpsc::Receiver<Inbound<Wire>>,
+    ) -> Result<(), String> {
         let _alive = AliveGuard::new(self.metrics.clone());
         // Re-apply what the log holds beyond the snapshot.
         let replay_started = Instant::now();
@@ -327,21 +346,41 @@ impl Driver {
             "replica started: recovery replayed the log beyond the snapshot"
         );
         self.publish();
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut peers_open = true;
         'outer: loop {
-            let Some(first) = inputs.blocking_recv() else {
-                break;
-            };
-            if !self.handle(first)? {
-                break;
-            }
-            for _ in 0..MAX_INPUTS_PER_TURN {
-                match inputs.try_recv() {
-                    Ok(input) => {
+            tokio::select! {
+                biased;
+                input = inputs.recv() => match input {
+                    Some(input) => {
                         if !self.handle(input)? {
                             break 'outer;
                         }
                     }
-                    Err(_) => break,
+                    None => break 'outer,
+                },
+                inbound = peers.recv(), if peers_open => match inbound {
+                    Some(inbound) => self.on_peer(inbound.from, inbound.message)?,
+                    None => peers_open = false,
+                },
+                _ = ticker.tick() => self.on_tick(),
+            }
+            // Take whatever else is queued into the same turn (one fsync).
+            for _ in 0..MAX_INPUTS_PER_TURN {
+                let mut progressed = false;
+                if let Ok(input) = inputs.try_recv() {
+                    progressed = true;
+                    if !self.handle(input)? {
+                        break 'outer;
+                    }
+                }
+                if let Ok(inbound) = peers.try_recv() {
+                    progressed = true;
+                    self.on_peer(inbound.from, inbound.message)?;
+                }
+                if !progressed {
+                    break;
                 }
             }
             self.process_ready()?;
@@ -357,8 +396,6 @@ impl Driver {
         match input {
             DriverInput::Write(request) => self.start_write(request),
             DriverInput::Read(request) => self.start_read(request),
-            DriverInput::Peer { from, wire } => self.on_peer(from, wire)?,
-            DriverInput::Tick => self.on_tick(),
             DriverInput::Shutdown => return Ok(false),
         }
         Ok(true)
@@ -369,6 +406,9 @@ impl Driver {
     fn process_ready(&mut self) -> Result<(), String> {
         // Applying and events can produce more work; a few rounds settle it.
         for _ in 0..8 {
+            // Reads, and writes waiting for a barrier, that the previous
+            // round made possible (their proposals join this round's Ready).
+            self.serve_applied_reads();
             let ready = self.replica.ready();
             if ready.is_empty() {
                 break;
@@ -422,7 +462,6 @@ impl Driver {
                 self.on_event(event);
             }
         }
-        self.serve_applied_reads();
         self.maybe_snapshot()?;
         Ok(())
     }
@@ -511,9 +550,37 @@ impl Driver {
             )));
             return;
         }
-        // Refuse what cannot succeed against the state as we know it, so a
-        // type or name error never reaches the log (it can still fail at
-        // apply time if the state changes in between).
+        // A retry of a request applied here already: answer from the dedup
+        // table instead of taking another round.
+        if let Some(output) = self.kv.answer_duplicate(request.id) {
+            let _ = request.reply.send(Ok(output));
+            return;
+        }
+        // A command that can fail depending on the state is checked against
+        // a state that includes every write acknowledged before it arrived
+        // (a linearizable barrier), so a sequential client never sees a
+        // spurious error from a replica that lags.
+        if request.command.depends_on_state() {
+            let read_id = self.new_read_id();
+            self.timeouts
+                .push(Reverse((request.deadline, TimeoutKey::Read(read_id))));
+            self.request_read_index(read_id, PendingRead::Write(request));
+            return;
+        }
+        self.check_and_propose(request);
+    }
+
+    /// Refuses what cannot succeed against the current state, so a type or
+    /// name error never reaches the log (it can still fail at apply time if
+    /// a concurrent write changes the state in between); proposes the rest.
+    fn check_and_propose(&mut self, request: WriteRequest) {
+        if self.writes.contains_key(&request.id) {
+            let _ = request.reply.send(Err(ApiError::new(
+                409,
+                format!("request {} is already in flight", request.id),
+            )));
+            return;
+        }
         if let Err(ApplyResult::Error { kind, message }) = self.kv.check(&request.command) {
             let _ = request.reply.send(Err(ApiError::new(
                 400,
@@ -579,14 +646,14 @@ impl Driver {
                     .push(Reverse((request.deadline, TimeoutKey::Read(read_id))));
                 // Round N is applied once current_round > N.
                 self.reads_awaiting_apply
-                    .insert((round + 1, read_id), PendingRead { request });
+                    .insert((round + 1, read_id), PendingRead::Read(request));
                 self.serve_applied_reads();
             }
             Consistency::Linearizable => {
                 let read_id = self.new_read_id();
                 self.timeouts
                     .push(Reverse((request.deadline, TimeoutKey::Read(read_id))));
-                self.request_read_index(read_id, PendingRead { request });
+                self.request_read_index(read_id, PendingRead::Read(request));
             }
         }
     }
@@ -615,9 +682,13 @@ impl Driver {
             if entry.key().0 > applied {
                 break;
             }
-            let read = entry.remove();
-            let answer = self.answer(&read.request.query);
-            let _ = read.request.reply.send(answer);
+            match entry.remove() {
+                PendingRead::Read(request) => {
+                    let answer = self.answer(&request.query);
+                    let _ = request.reply.send(answer);
+                }
+                PendingRead::Write(request) => self.check_and_propose(request),
+            }
         }
     }
 
@@ -894,20 +965,29 @@ impl Driver {
                             .copied()?;
                         self.reads_awaiting_apply.remove(&key)
                     });
-                if let Some(read) = read {
-                    let message = match read.request.consistency {
-                        Consistency::MinRound(round) => format!(
-                            "this replica has not applied round {round} yet (current round {current_round}); \
-                             retry later or ask another replica"
-                        ),
-                        _ => "could not confirm a linearizable read: no leader reachable with a quorum"
-                            .to_string(),
-                    };
-                    let _ = read.request.reply.send(Err(ApiError {
-                        status: 503,
-                        message,
-                        current_round: Some(current_round),
-                    }));
+                match read {
+                    Some(PendingRead::Read(request)) => {
+                        let message = match request.consistency {
+                            Consistency::MinRound(round) => format!(
+                                "this replica has not applied round {round} yet (current round {current_round}); \
+                                 retry later or ask another replica"
+                            ),
+                            _ => "could not confirm a linearizable read: no leader reachable with a quorum"
+                                .to_string(),
+                        };
+                        let _ = request.reply.send(Err(ApiError {
+                            status: 503,
+                            message,
+                            current_round: Some(current_round),
+                        }));
+                    }
+                    Some(PendingRead::Write(request)) => {
+                        let _ = request.reply.send(Err(ApiError::new(
+                            503,
+                            "no leader reachable with a quorum: the command was not written",
+                        )));
+                    }
+                    None => {}
                 }
             }
         }
@@ -925,7 +1005,14 @@ impl Driver {
             .chain(std::mem::take(&mut self.reads_awaiting_apply).into_values())
             .collect::<Vec<_>>();
         for read in reads {
-            let _ = read.request.reply.send(Err(ApiError::new(503, reason)));
+            match read {
+                PendingRead::Read(request) => {
+                    let _ = request.reply.send(Err(ApiError::new(503, reason)));
+                }
+                PendingRead::Write(request) => {
+                    let _ = request.reply.send(Err(ApiError::new(503, reason)));
+                }
+            }
         }
     }
 

@@ -102,7 +102,7 @@ pub async fn run_node(
         )?),
         None => None,
     };
-    let (transport, mut inbound) = Transport::start::<Wire>(transport_cfg).await?;
+    let (transport, inbound) = Transport::start::<Wire>(transport_cfg).await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
@@ -111,34 +111,9 @@ pub async fn run_node(
             source,
         })?;
 
+    // The driver takes client requests from this channel, and peer messages
+    // straight from the transport's (no task in between).
     let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
-    // Peer messages into the driver (backpressure on the TCP stream if full).
-    let peer_tx = driver_tx.clone();
-    let forwarder = tokio::spawn(async move {
-        while let Some(inbound) = inbound.recv().await {
-            let input = DriverInput::Peer {
-                from: inbound.from,
-                wire: inbound.message,
-            };
-            if peer_tx.send(input).await.is_err() {
-                break;
-            }
-        }
-    });
-    // Time, as ticks. A full queue skips a tick rather than piling them up.
-    let tick_tx = driver_tx.clone();
-    let tick = Duration::from_millis(cfg.tick_ms);
-    let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            interval.tick().await;
-            match tick_tx.try_send(DriverInput::Tick) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
-            }
-        }
-    });
 
     let metrics = Arc::new(metrics::Metrics::new(cfg.id));
     let driver = Driver::new(
@@ -156,7 +131,7 @@ pub async fn run_node(
     std::thread::Builder::new()
         .name(format!("paxlog-driver-{node_id}"))
         .spawn(move || {
-            let result = driver.run(driver_rx);
+            let result = driver.run(driver_rx, inbound);
             let _ = driver_done_tx.send(result);
         })
         .map_err(|e| ServerError::Driver(format!("cannot start driver thread: {e}")))?;
@@ -216,7 +191,6 @@ pub async fn run_node(
     let _ = stop_http_tx.send(());
     let _ = driver_tx.send(DriverInput::Shutdown).await;
     drop(driver_tx);
-    ticker.abort();
     if outcome.is_ok() {
         if let Ok(Err(message)) = driver_done.await {
             tracing::error!(node = node_id, "driver stopped with an error: {message}");
@@ -227,7 +201,6 @@ pub async fn run_node(
         Ok(_) => {}
         Err(_) => tracing::warn!(node = node_id, "HTTP server did not stop within 5 s"),
     }
-    forwarder.abort();
     transport.shutdown().await;
     outcome
 }

@@ -5,6 +5,7 @@ use crate::proxy::Net;
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,13 +22,71 @@ pub struct Cluster {
     procs: Vec<Option<Child>>,
     paused: Vec<bool>,
     pub extra_args: Vec<String>,
+    /// Origin of the "t=" stamps the harness writes into the replica logs.
+    pub t0: Instant,
 }
 
+/// The kernel's ephemeral port range (connect()'s source ports, bind(:0)).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// k free loopback ports for the replicas' peer and HTTP listeners, taken
+/// from outside the ephemeral range: a port the harness merely reserved
+/// and released (bind :0) is an ephemeral port, which the kernel may hand
+/// to any outgoing connection (clients, proxies, replicas dialing peers)
+/// while its replica is down, so that the replica could not bind it again.
 fn free_addrs(k: usize) -> Result<Vec<SocketAddr>> {
-    let ls: Vec<TcpListener> = (0..k)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
-    Ok(ls.iter().filter_map(|l| l.local_addr().ok()).collect())
+    let (lo, hi) = ephemeral_range();
+    let (from, to) = if lo > 12_000 {
+        (10_000u16, lo - 1)
+    } else if hi < 63_000 {
+        (hi + 1, 65_000)
+    } else {
+        (0, 0)
+    };
+    let mut held: Vec<TcpListener> = Vec::new();
+    if to > from {
+        let span = u64::from(to - from) + 1;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut rng = crate::Rng::new(seed);
+        for _ in 0..span.min(4096) {
+            if held.len() == k {
+                break;
+            }
+            let port = from + rng.below(span) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                held.push(l);
+            }
+        }
+    }
+    while held.len() < k {
+        held.push(TcpListener::bind("127.0.0.1:0")?);
+    }
+    Ok(held.iter().filter_map(|l| l.local_addr().ok()).collect())
+}
+
+/// Copies the replica binary into the campaign folder, so that every
+/// (re)start during the campaign runs the same build even if the original
+/// is rebuilt meanwhile, and under a name of its own (`paxlog-replica`),
+/// so that someone else's `pkill -f "paxlog node"` does not match it.
+fn snapshot_binary(bin: &Path, root: &Path) -> Result<PathBuf> {
+    let dir = root.join("bin");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("paxlog-replica");
+    let _ = std::fs::remove_file(&copy);
+    std::fs::copy(bin, &copy)
+        .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
+    Ok(copy)
 }
 
 /// Outcome of starting a replica.
@@ -55,9 +114,10 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&data_root);
         std::fs::create_dir_all(&data_root)?;
         std::fs::create_dir_all(&log_root)?;
+        let bin = snapshot_binary(bin, root)?;
         Ok(Cluster {
             n,
-            bin: bin.to_path_buf(),
+            bin,
             http,
             peer,
             net,
@@ -66,7 +126,21 @@ impl Cluster {
             procs: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
             extra_args,
+            t0: Instant::now(),
         })
+    }
+
+    /// Appends a harness line to replica i's log, so that its log tells
+    /// which starts and stops the harness caused.
+    pub fn annotate(&self, i: usize, msg: &str) {
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+        {
+            let t = self.t0.elapsed().as_secs_f64();
+            let _ = writeln!(f, "[paxlog-torture t={t:.3}s] replica {i}: {msg}");
+        }
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -127,6 +201,16 @@ impl Cluster {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
+        let preload: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.annotate(
+            i,
+            &format!(
+                "spawned pid {} http {} {}",
+                child.id(),
+                self.http[i],
+                preload.join(" ")
+            ),
+        );
         self.procs[i] = Some(child);
         self.paused[i] = false;
         Ok(())
@@ -141,7 +225,9 @@ impl Cluster {
             }
             if let Some(child) = self.procs[i].as_mut() {
                 if let Ok(Some(exit)) = child.try_wait() {
+                    let pid = child.id();
                     self.procs[i] = None;
+                    self.annotate(i, &format!("pid {pid} exited before serving: {exit}"));
                     return Started::Exited(exit.to_string());
                 }
             } else {
@@ -165,8 +251,11 @@ impl Cluster {
 
     /// Reaps replica i if its process has exited on its own; returns how.
     pub fn reap(&mut self, i: usize) -> Option<String> {
-        let exit = self.procs[i].as_mut()?.try_wait().ok()??;
+        let child = self.procs[i].as_mut()?;
+        let exit = child.try_wait().ok()??;
+        let pid = child.id();
         self.procs[i] = None;
+        self.annotate(i, &format!("pid {pid} exited on its own: {exit}"));
         Some(exit.to_string())
     }
 
@@ -174,12 +263,21 @@ impl Cluster {
         self.procs[i].is_some() && !self.paused[i]
     }
 
-    pub fn kill(&mut self, i: usize) {
+    /// SIGKILLs replica i. Returns how it had ended if it was already gone
+    /// before the harness killed it (a crash, or someone else's signal).
+    pub fn kill(&mut self, i: usize) -> Option<String> {
+        let mut gone = None;
         if let Some(mut child) = self.procs[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            if let Ok(Some(exit)) = child.try_wait() {
+                gone = Some(exit.to_string());
+            } else {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.annotate(i, &format!("pid {} killed by the harness", child.id()));
+            }
         }
         self.paused[i] = false;
+        gone
     }
 
     fn signal(&self, i: usize, sig: &str) -> Result<()> {
@@ -263,7 +361,7 @@ impl Cluster {
     pub fn shutdown(&mut self) {
         for i in 0..self.n {
             let _ = self.resume(i);
-            self.kill(i);
+            let _ = self.kill(i);
         }
     }
 }

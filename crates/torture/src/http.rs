@@ -41,8 +41,8 @@ pub async fn request(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(HttpError::Connect(e.to_string())),
-        Err(_) => return Err(HttpError::Connect("connect timed out".into())),
+        Ok(Err(e)) => return Err(HttpError::Connect(format!("{addr}: {e}"))),
+        Err(_) => return Err(HttpError::Connect(format!("{addr}: connect timed out"))),
     };
     let _ = stream.set_nodelay(true);
     let body_bytes = body.map(|b| b.to_string().into_bytes());

@@ -221,18 +221,20 @@ async fn run(args: Args) -> Result<ExitCode> {
         t0,
     });
     let until = t0 + Duration::from_secs(args.time);
+    cluster.t0 = t0;
     let mut nem = nemesis::Nemesis::new(&mut cluster, args.seed, t0);
     if anomaly {
         // Cut one follower off for most of the run; clients keep reading
         // from it with consistency=local.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        nem.idle_until(Instant::now() + Duration::from_secs(2))
+            .await;
         let leader = nem.cluster.leader().await.unwrap_or(0);
         let victim = (leader + 1) % n;
         let others: Vec<usize> = (0..n).filter(|&j| j != victim).collect();
         let start = t0.elapsed().as_secs_f64() * 1e3;
         nem.cluster.net.split(&[victim], &others);
         nem.mark();
-        tokio::time::sleep_until((until - Duration::from_secs(1)).into()).await;
+        nem.idle_until(until - Duration::from_secs(1)).await;
         nem.cluster.net.heal_all();
         nem.faults.push(history::FaultRec {
             kind: "partition".into(),
@@ -244,9 +246,9 @@ async fn run(args: Args) -> Result<ExitCode> {
             note: None,
         });
         nem.mark();
-        tokio::time::sleep_until(until.into()).await;
+        nem.idle_until(until).await;
     } else if kinds.is_empty() {
-        tokio::time::sleep_until(until.into()).await;
+        nem.idle_until(until).await;
     } else {
         nem.run(
             &kinds,
@@ -254,13 +256,14 @@ async fn run(args: Args) -> Result<ExitCode> {
             until,
         )
         .await?;
-        tokio::time::sleep_until(until.into()).await;
+        nem.idle_until(until).await;
     }
     say("workload done; healing");
     let ops = running.finish().await;
     nem.heal_all().await;
     let end_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let faults = std::mem::take(&mut nem.faults);
+    let mut faults = std::mem::take(&mut nem.faults);
+    faults.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
     let timeline = std::mem::take(&mut nem.timeline);
     let mut failures = std::mem::take(&mut nem.failures);
     notes.append(&mut nem.notes);
@@ -386,6 +389,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     if problems.is_empty() {
         println!("PASS: every check passed");
         let _ = std::fs::remove_dir_all(out.join("data"));
+        let _ = std::fs::remove_dir_all(out.join("bin"));
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {

@@ -40,6 +40,8 @@ pub struct Nemesis<'a> {
     /// Problems that fail the run (e.g. a replica that would not restart).
     pub failures: Vec<String>,
     pub notes: Vec<String>,
+    /// Replicas allowed to stop on their own right now (fsync fault).
+    expect_exit: Vec<bool>,
 }
 
 fn ms(t0: Instant) -> f64 {
@@ -48,6 +50,7 @@ fn ms(t0: Instant) -> f64 {
 
 impl<'a> Nemesis<'a> {
     pub fn new(cluster: &'a mut Cluster, seed: u64, t0: Instant) -> Self {
+        let expect_exit = vec![false; cluster.n];
         let mut n = Nemesis {
             cluster,
             rng: Rng::new(seed ^ 0xFA17),
@@ -56,6 +59,7 @@ impl<'a> Nemesis<'a> {
             timeline: Vec::new(),
             failures: Vec::new(),
             notes: Vec::new(),
+            expect_exit,
         };
         n.mark();
         n
@@ -76,7 +80,77 @@ impl<'a> Nemesis<'a> {
         let d = Duration::from_millis(self.rng.range(lo, hi));
         let now = Instant::now();
         let end = (now + d).min(until.max(now));
-        tokio::time::sleep_until(end.into()).await;
+        self.idle_until(end).await;
+    }
+
+    /// Waits until `end`, watching for replicas that stop on their own.
+    pub async fn idle_until(&mut self, end: Instant) {
+        loop {
+            self.check_exits().await;
+            let now = Instant::now();
+            if now >= end {
+                return;
+            }
+            let step = (now + Duration::from_millis(100)).min(end);
+            tokio::time::sleep_until(step.into()).await;
+        }
+    }
+
+    /// A replica the harness believes running that has exited although no
+    /// fault expected it to (a crash, or a signal from outside the harness:
+    /// e.g. someone's `pkill -f "paxlog node"` on a shared machine). Fails
+    /// the run, is recorded as a "crash" fault (so that its refused
+    /// connections are not blamed on a replica "untouched" by the harness
+    /// and the connectivity timeline shows it down), and is restarted.
+    pub async fn check_exits(&mut self) {
+        for i in 0..self.cluster.n {
+            if self.expect_exit[i] {
+                continue;
+            }
+            if let Some(exit) = self.cluster.reap(i) {
+                self.unexpected_exit(i, &exit, true).await;
+            }
+        }
+    }
+
+    async fn unexpected_exit(&mut self, i: usize, exit: &str, restart: bool) {
+        let at = ms(self.t0);
+        self.failures.push(format!(
+            "replica {i} exited unexpectedly ({exit}), noticed at t={:.1} s: the harness did not stop it",
+            at / 1e3
+        ));
+        self.mark();
+        let mut rec = FaultRec {
+            kind: "crash".into(),
+            detail: format!("replica exited on its own or was killed from outside: {exit}"),
+            nodes: vec![i],
+            leader_targeted: false,
+            start_ms: at,
+            end_ms: at,
+            note: Some("not injected by the harness; noticed at start_ms".into()),
+        };
+        if restart {
+            match self.cluster.start(i, &[]).await {
+                Ok(Started::Serving) => {}
+                s => {
+                    self.failures.push(format!(
+                        "replica {i} did not restart after exiting unexpectedly: {s:?}"
+                    ));
+                }
+            }
+            rec.end_ms = ms(self.t0);
+            self.mark();
+        }
+        self.faults.push(rec);
+    }
+
+    /// SIGKILLs replica i for a fault, noticing whether it was already gone.
+    async fn kill_replica(&mut self, i: usize) {
+        if let Some(exit) = self.cluster.kill(i) {
+            if !self.expect_exit[i] {
+                self.unexpected_exit(i, &exit, false).await;
+            }
+        }
     }
 
     fn pick(&mut self, n: usize, k: usize) -> Vec<usize> {
@@ -98,7 +172,7 @@ impl<'a> Nemesis<'a> {
     }
 
     async fn restart(&mut self, i: usize, env: &[(&str, String)]) -> Started {
-        self.cluster.kill(i);
+        self.kill_replica(i).await;
         match self.cluster.start(i, env).await {
             Ok(s) => s,
             Err(e) => Started::Exited(format!("{e:#}")),
@@ -144,12 +218,11 @@ impl<'a> Nemesis<'a> {
 
     pub async fn heal_all(&mut self) {
         self.cluster.net.heal_all();
+        self.expect_exit.iter_mut().for_each(|e| *e = false);
         for i in 0..self.cluster.n {
             let _ = self.cluster.resume(i);
             if let Some(exit) = self.cluster.reap(i) {
-                self.notes.push(format!(
-                    "replica {i} had exited on its own ({exit}); restarted"
-                ));
+                self.unexpected_exit(i, &exit, false).await;
             }
             if !self.cluster.is_running(i) {
                 let s = self.restart(i, &[]).await;
@@ -182,7 +255,7 @@ impl<'a> Nemesis<'a> {
             }
         };
         for &v in &victims {
-            self.cluster.kill(v);
+            self.kill_replica(v).await;
         }
         rec.nodes = victims.clone();
         self.mark();
@@ -322,8 +395,10 @@ impl<'a> Nemesis<'a> {
             ),
         ];
         let s = self.restart(v, &env).await;
+        self.expect_exit[v] = true;
         self.mark();
         self.sleep_ms(3000, 8000, until).await;
+        self.expect_exit[v] = false;
         rec.note = Some(match (s, self.cluster.reap(v)) {
             (Started::Serving, None) => "still running at the end".to_string(),
             (Started::Serving, Some(exit)) => format!("replica stopped itself ({exit})"),
@@ -340,7 +415,7 @@ impl<'a> Nemesis<'a> {
     async fn disk(&mut self, rec: &mut FaultRec) -> Result<()> {
         let v = self.rng.below(self.cluster.n as u64) as usize;
         rec.nodes = vec![v];
-        self.cluster.kill(v);
+        self.kill_replica(v).await;
         self.mark();
         let dir = self.cluster.data_dir(v);
         let mode = self.rng.below(10);
@@ -385,7 +460,7 @@ impl<'a> Nemesis<'a> {
                     "replica {v} neither served nor exited within 20 s after mid-log corruption ({what})"
                 ));
                 rec.note = Some("hung after corruption".into());
-                self.cluster.kill(v);
+                let _ = self.cluster.kill(v);
                 let _ = std::fs::remove_dir_all(&dir);
                 let _ = self.restart(v, &[]).await;
             }
@@ -395,7 +470,7 @@ impl<'a> Nemesis<'a> {
                     self.cluster.log_path(v).display()
                 ));
                 rec.note = Some("did not recover from a torn tail".into());
-                self.cluster.kill(v);
+                let _ = self.cluster.kill(v);
                 let _ = std::fs::remove_dir_all(&dir);
                 let _ = self.restart(v, &[]).await;
             }

@@ -346,6 +346,7 @@ fn svg(ops: &[OpRec], faults: &[FaultRec], end_ms: f64) -> String {
         ("partition", "#64b5f6"),
         ("clock", "#ba68c8"),
         ("disk", "#a1887f"),
+        ("crash", "#212121"),
     ];
     for f in faults {
         let c = colors
