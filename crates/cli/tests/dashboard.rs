@@ -1,6 +1,7 @@
 //! The live dashboard in a real browser: a 3-replica `paxlog cluster`, a few
 //! writes, then headless Chromium renders `/` (DOM checked for the three
-//! replicas and one leader) and saves a screenshot to docs/dashboard.png.
+//! replicas and one leader) and saves a screenshot (into the test's temp
+//! folder; into docs/dashboard.png with PAXLOG_UPDATE_SCREENSHOT=1).
 //! Without Chromium installed the test prints a skip message and passes.
 #![allow(clippy::unwrap_used)]
 
@@ -218,7 +219,11 @@ fn dashboard_shows_three_replicas_and_a_leader() {
     assert!(dom.contains("data-round="), "no log slots:\n{dom}");
     assert!(dom.contains("<polyline"), "no chart drawn:\n{dom}");
 
-    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png");
+    let screenshot = if std::env::var_os("PAXLOG_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png")
+    };
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&screenshot);
     chromium(
