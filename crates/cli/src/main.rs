@@ -5,6 +5,11 @@ mod bench;
 mod certs;
 mod client;
 
+/// mimalloc: measured faster than the system allocator on the replica's
+/// allocation pattern (many small, short-lived buffers across threads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -187,6 +192,11 @@ struct Endpoints {
 
 #[derive(Args)]
 struct NodeArgs {
+    /// Threads for HTTP and peer connections. The replica's consensus loop
+    /// has a thread of its own, so one is usually best: more threads mostly
+    /// add cross-thread wake-ups.
+    #[arg(long, default_value_t = 1, env = "PAXLOG_IO_THREADS")]
+    io_threads: usize,
     /// A TOML file with the node's settings; flags override it.
     #[arg(long, env = "PAXLOG_CONFIG")]
     config: Option<PathBuf>,
@@ -270,10 +280,15 @@ struct ClusterArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Verb::Node(args) = &cli.command {
+        if !(1..=256).contains(&args.io_threads) {
+            eprintln!("error: --io-threads must be 1..=256");
+            return ExitCode::FAILURE;
+        }
+        builder.worker_threads(args.io_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

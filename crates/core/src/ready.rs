@@ -12,6 +12,13 @@
 //! 4. handle `events`.
 //!
 //! No input is given to the replica between steps 1 and 2.
+//!
+//! In a cluster of more than one replica, step 3 may come first: an entry is
+//! handed out for application only once it is chosen, that is once a quorum
+//! made it durable, and a leader counts its own vote only while processing a
+//! follower's reply, which happens after the `Ready` that carried its own
+//! accept was synced. With a single replica its own vote is the quorum, so
+//! the entries must wait for this `Ready`'s sync.
 
 use crate::message::Envelope;
 use crate::types::{Ballot, Entry, NodeId, RequestId, Slot};

@@ -3,7 +3,7 @@
 use paxlog_core::{Entry, RequestId, Slot, StateMachine};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 
 use crate::command::{check_statement, parse_json_value, validate_key, validate_value, KvCommand};
@@ -88,15 +88,29 @@ impl Outcome {
 
 /// The key-value database driven by the log. Statement names and KV keys
 /// share one namespace.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct KvStore {
     options: KvOptions,
     db: BTreeMap<String, Value>,
     applied_upto: Slot,
-    /// Exactly-once table: client id -> last request seen.
-    clients: BTreeMap<u64, ClientRecord>,
-    /// The same records ordered by `last_slot`, for incremental eviction.
-    by_slot: BTreeSet<(Slot, u64)>,
+    /// Exactly-once table: client id -> last request seen. (A hash map: it
+    /// is touched on every write; snapshots sort it, so they stay
+    /// deterministic.)
+    clients: HashMap<u64, ClientRecord>,
+    /// `(slot, client)` in the order records were written, for incremental
+    /// eviction. An entry whose client has a newer record is stale and is
+    /// skipped when it reaches the front.
+    by_slot: VecDeque<(Slot, u64)>,
+}
+
+impl PartialEq for KvStore {
+    /// The replicated state; the eviction queue's stale entries are not.
+    fn eq(&self, other: &Self) -> bool {
+        self.options == other.options
+            && self.db == other.db
+            && self.applied_upto == other.applied_upto
+            && self.clients == other.clients
+    }
 }
 
 impl Default for KvStore {
@@ -111,8 +125,8 @@ impl KvStore {
             options,
             db: BTreeMap::new(),
             applied_upto: Slot::ZERO,
-            clients: BTreeMap::new(),
-            by_slot: BTreeSet::new(),
+            clients: HashMap::new(),
+            by_slot: VecDeque::new(),
         }
     }
 
@@ -181,12 +195,18 @@ impl KvStore {
 
     fn evict_expired(&mut self, slot: Slot) {
         let window = self.options.dedup_window_slots;
-        while let Some(&(last_slot, client)) = self.by_slot.first() {
+        while let Some(&(last_slot, client)) = self.by_slot.front() {
             if last_slot.0.saturating_add(window) >= slot.0 {
                 break;
             }
-            self.by_slot.pop_first();
-            self.clients.remove(&client);
+            self.by_slot.pop_front();
+            if self
+                .clients
+                .get(&client)
+                .is_some_and(|r| r.last_slot == last_slot)
+            {
+                self.clients.remove(&client);
+            }
         }
     }
 
@@ -214,7 +234,6 @@ impl KvStore {
                     ),
                 };
             }
-            self.by_slot.remove(&(rec.last_slot, id.client_id));
         }
         let result = self.execute(payload);
         self.clients.insert(
@@ -225,7 +244,7 @@ impl KvStore {
                 outcome: Outcome::of(&result),
             },
         );
-        self.by_slot.insert((slot, id.client_id));
+        self.by_slot.push_back((slot, id.client_id));
         ApplyOutput {
             slot,
             duplicate: false,
@@ -493,16 +512,20 @@ impl StateMachine for KvStore {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.to_string()))
                 .collect(),
-            clients: self
-                .clients
-                .iter()
-                .map(|(&client_id, r)| SnapshotClient {
-                    client_id,
-                    last_seq: r.last_seq,
-                    last_slot: r.last_slot.0,
-                    outcome: r.outcome,
-                })
-                .collect(),
+            clients: {
+                let mut clients: Vec<SnapshotClient> = self
+                    .clients
+                    .iter()
+                    .map(|(&client_id, r)| SnapshotClient {
+                        client_id,
+                        last_seq: r.last_seq,
+                        last_slot: r.last_slot.0,
+                        outcome: r.outcome,
+                    })
+                    .collect();
+                clients.sort_unstable_by_key(|c| c.client_id);
+                clients
+            },
         };
         let mut out = vec![SNAPSHOT_VERSION];
         // Serialising into a Vec cannot fail.
@@ -538,13 +561,11 @@ impl StateMachine for KvStore {
             db.insert(key, value);
         }
 
-        let mut clients = BTreeMap::new();
-        let mut by_slot = BTreeSet::new();
+        let mut clients = HashMap::with_capacity(body.clients.len());
+        let mut by_slot = Vec::with_capacity(body.clients.len());
+        let mut previous_client = None;
         for c in body.clients {
-            if clients
-                .last_key_value()
-                .is_some_and(|(&last, _)| last >= c.client_id)
-            {
+            if previous_client.is_some_and(|last| last >= c.client_id) {
                 return Err(corrupt(
                     "dedup entries are not in strictly increasing client order",
                 ));
@@ -555,7 +576,8 @@ impl StateMachine for KvStore {
                     c.client_id, c.last_slot
                 )));
             }
-            by_slot.insert((Slot(c.last_slot), c.client_id));
+            previous_client = Some(c.client_id);
+            by_slot.push((Slot(c.last_slot), c.client_id));
             clients.insert(
                 c.client_id,
                 ClientRecord {
@@ -568,8 +590,9 @@ impl StateMachine for KvStore {
 
         self.db = db;
         self.applied_upto = applied_upto;
+        by_slot.sort_unstable();
         self.clients = clients;
-        self.by_slot = by_slot;
+        self.by_slot = by_slot.into();
         Ok(())
     }
 }

@@ -423,6 +423,15 @@ impl Driver {
                 self.transport
                     .send(envelope.to.0, Wire::Core(envelope.message));
             }
+            // Chosen entries are facts (a quorum made them durable), so with
+            // more than one replica they are applied and answered before
+            // this turn's fsync, which covers only newer records.
+            let mut apply = Some(ready.apply);
+            if self.replica.config().cluster_size > 1 {
+                for (slot, entry) in apply.take().into_iter().flatten() {
+                    self.apply(slot, &entry);
+                }
+            }
             if !ready.persist.is_empty() {
                 // Chosen marks alone need no fsync (they can be learned
                 // again), which keeps an fsync off the path from a quorum's
@@ -453,8 +462,8 @@ impl Driver {
                 self.transport
                     .send(envelope.to.0, Wire::Core(envelope.message));
             }
-            // 3. Then the state machine.
-            for (slot, entry) in ready.apply {
+            // 3. A single replica's own vote is the quorum: apply only now.
+            for (slot, entry) in apply.into_iter().flatten() {
                 self.apply(slot, &entry);
             }
             // 4. Events.
