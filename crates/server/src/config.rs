@@ -88,7 +88,7 @@ mod defaults {
         50
     }
     pub fn snapshot_every_rounds() -> u64 {
-        100_000
+        50_000
     }
     pub fn request_timeout_ms() -> u64 {
         5_000
