@@ -719,14 +719,7 @@ impl Replica {
         if ballot < self.promised || (ballot > self.promised && self.hears_live_leader(from)) {
             // Below our promise, or we still hear a live leader and will not
             // help depose it (leader stickiness).
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                    chosen_upto: self.chosen_upto,
-                },
-            );
+            self.reject(from, ballot);
             return;
         }
         if ballot > self.promised {
@@ -764,23 +757,9 @@ impl Replica {
         entries: Vec<Entry>,
         commit_upto: Slot,
     ) {
-        self.highest_seen = self.highest_seen.max(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                    chosen_upto: self.chosen_upto,
-                },
-            );
+        if !self.admit_leader(from, ballot) {
             return;
         }
-        if ballot > self.promised {
-            // Only a proposer that won Phase 1 at `ballot` sends Accept.
-            self.raise_promise(ballot);
-        }
-        self.follow(from, ballot);
         let count = entries.len() as u64;
         for (offset, entry) in entries.into_iter().enumerate() {
             let slot = Slot(first_slot.0 + offset as u64);
@@ -838,22 +817,9 @@ impl Replica {
     }
 
     fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_upto: Slot, read_round: u64) {
-        self.highest_seen = self.highest_seen.max(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                    chosen_upto: self.chosen_upto,
-                },
-            );
+        if !self.admit_leader(from, ballot) {
             return;
         }
-        if ballot > self.promised {
-            self.raise_promise(ballot);
-        }
-        self.follow(from, ballot);
         self.learn_commit(from, ballot, commit_upto);
         self.send(
             from,
@@ -862,6 +828,33 @@ impl Replica {
                 chosen_upto: self.chosen_upto,
                 heard_commit_upto: commit_upto,
                 read_round,
+            },
+        );
+    }
+
+    /// An Accept or Heartbeat at `ballot` arrived from `from`: refuse it if
+    /// we promised higher; otherwise adopt the ballot (only a proposer that
+    /// won Phase 1 at it sends these) and follow its sender.
+    fn admit_leader(&mut self, from: NodeId, ballot: Ballot) -> bool {
+        self.highest_seen = self.highest_seen.max(ballot);
+        if ballot < self.promised {
+            self.reject(from, ballot);
+            return false;
+        }
+        if ballot > self.promised {
+            self.raise_promise(ballot);
+        }
+        self.follow(from, ballot);
+        true
+    }
+
+    fn reject(&mut self, to: NodeId, ballot: Ballot) {
+        self.send(
+            to,
+            Message::Reject {
+                ballot,
+                promised: self.promised,
+                chosen_upto: self.chosen_upto,
             },
         );
     }

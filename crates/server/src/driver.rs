@@ -1145,15 +1145,20 @@ impl Driver {
                     .as_ref()
                     .is_some_and(|i| i.from.0 == from)
                 {
-                    if let Some(incoming) = self.incoming_snapshot.take() {
-                        if let Some(receiver) = incoming.receiver {
-                            let _ = receiver.abort();
-                        }
-                    }
+                    self.abandon_snapshot_transfer();
                 }
             }
         }
         Ok(())
+    }
+
+    /// Drops the snapshot transfer in progress and its partial file.
+    fn abandon_snapshot_transfer(&mut self) {
+        if let Some(incoming) = self.incoming_snapshot.take() {
+            if let Some(receiver) = incoming.receiver {
+                let _ = receiver.abort();
+            }
+        }
     }
 
     fn on_core_message(&mut self, from: u32, message: Message) {
@@ -1185,11 +1190,7 @@ impl Driver {
         }
         if log_start <= self.kv.applied_upto() {
             // Nothing newer than what we have: stop.
-            if let Some(incoming) = self.incoming_snapshot.take() {
-                if let Some(receiver) = incoming.receiver {
-                    let _ = receiver.abort();
-                }
-            }
+            self.abandon_snapshot_transfer();
             return Ok(());
         }
         if incoming.log_start != Some(log_start) || incoming.receiver.is_none() {
@@ -1204,26 +1205,13 @@ impl Driver {
         let Some(receiver) = incoming.receiver.as_mut() else {
             return Ok(());
         };
-        if offset != receiver.received() {
-            // Out of order (a resend): ask for what we actually need.
-            let next = receiver.received();
-            self.transport.send(
-                from,
-                Wire::SnapshotRequest {
-                    log_start: Some(log_start),
-                    offset: next,
-                },
-            );
-            return Ok(());
-        }
-        if let Err(e) = receiver.write_chunk(offset, &data, chunk_crc) {
-            tracing::warn!(node = self.cfg.id, peer = from, error = %e, "bad snapshot chunk; restarting transfer");
-            if let Some(incoming) = self.incoming_snapshot.take() {
-                if let Some(receiver) = incoming.receiver {
-                    let _ = receiver.abort();
-                }
+        // A chunk out of order (a resend) is skipped: we ask again below.
+        if offset == receiver.received() {
+            if let Err(e) = receiver.write_chunk(offset, &data, chunk_crc) {
+                tracing::warn!(node = self.cfg.id, peer = from, error = %e, "bad snapshot chunk; restarting transfer");
+                self.abandon_snapshot_transfer();
+                return Ok(());
             }
-            return Ok(());
         }
         if !receiver.is_complete() {
             let next = receiver.received();

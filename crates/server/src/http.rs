@@ -307,6 +307,15 @@ fn consistency(params: &ReadParams, default: Consistency) -> Result<Consistency,
     }
 }
 
+/// A `limit` query parameter: `default` when absent, else within 1..=max.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Response> {
+    let limit = limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(error_response(400, format!("limit must be 1..={max}")));
+    }
+    Ok(limit)
+}
+
 fn query_or_error<T>(params: Result<QueryParams<T>, QueryRejection>) -> Result<T, Response> {
     params
         .map(|QueryParams(p)| p)
@@ -587,13 +596,7 @@ async fn get_log(
 ) -> Response {
     let run = async {
         let params = query_or_error(params)?;
-        let limit = params.limit.unwrap_or(50);
-        if limit == 0 || limit > MAX_LOG_PAGE {
-            return Err(error_response(
-                400,
-                format!("limit must be 1..={MAX_LOG_PAGE}"),
-            ));
-        }
+        let limit = page_limit(params.limit, 50, MAX_LOG_PAGE)?;
         let query = Query::Log {
             from: params.from,
             limit,
@@ -739,13 +742,7 @@ async fn scan(
 ) -> Response {
     let run = async {
         let params = query_or_error(params)?;
-        let limit = params.limit.unwrap_or(100);
-        if limit == 0 || limit > MAX_SCAN_LIMIT {
-            return Err(error_response(
-                400,
-                format!("limit must be 1..={MAX_SCAN_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(params.limit, 100, MAX_SCAN_LIMIT)?;
         let read = ReadParams {
             consistency: params.consistency,
             min_round: params.min_round,
