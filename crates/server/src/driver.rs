@@ -791,7 +791,9 @@ impl Driver {
                     reachable: t.is_some_and(|t| t.connected),
                     last_heard_ms_ago: p.last_heard_ticks_ago.map(|t| t * tick_ms),
                     chosen_round: p.chosen_upto.0,
-                    last_error: t.and_then(|t| t.last_error.clone()),
+                    last_error: t
+                        .filter(|t| !t.connected)
+                        .and_then(|t| t.last_error.clone()),
                 }
             })
             .collect();
