@@ -33,20 +33,43 @@ pub async fn request(
     headers: &[(&str, String)],
     body: Option<Bytes>,
 ) -> Result<HttpResponse> {
-    let mut builder = Request::builder().method(method).uri(url);
+    let request = build_request(method, url, url, None, headers, body)?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| anyhow!("{url}: {e}"))?;
+    collect(url, response).await
+}
+
+/// A request with a JSON body (if any), the given headers and, for a bare
+/// connection, an explicit Host header.
+fn build_request(
+    method: Method,
+    url: &str,
+    target: &str,
+    host: Option<String>,
+    headers: &[(&str, String)],
+    body: Option<Bytes>,
+) -> Result<Request<Full<Bytes>>> {
+    let mut builder = Request::builder().method(method).uri(target);
+    if let Some(host) = host {
+        builder = builder.header("host", host);
+    }
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
     }
     for (name, value) in headers {
         builder = builder.header(*name, value);
     }
-    let request = builder
+    builder
         .body(Full::new(body.unwrap_or_default()))
-        .with_context(|| format!("bad request URL {url}"))?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| anyhow!("{url}: {e}"))?;
+        .with_context(|| format!("bad request URL {url}"))
+}
+
+async fn collect(
+    url: &str,
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<HttpResponse> {
     let status = response.status();
     let body = response
         .into_body()
@@ -123,30 +146,18 @@ impl TlsClient {
                 .map_err(|e| anyhow!("{url}: {e}"))?;
         tokio::spawn(connection);
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("{host}:{port}"));
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        for (name, value) in headers {
-            builder = builder.header(*name, value);
-        }
-        let request = builder
-            .body(Full::new(body.unwrap_or_default()))
-            .with_context(|| format!("bad request URL {url}"))?;
+        let request = build_request(
+            method,
+            url,
+            path,
+            Some(format!("{host}:{port}")),
+            headers,
+            body,
+        )?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| anyhow!("{url}: {e}"))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| anyhow!("{url}: reading the response: {e}"))?
-            .to_bytes();
-        Ok(HttpResponse { status, body })
+        collect(url, response).await
     }
 }
