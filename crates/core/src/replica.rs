@@ -778,30 +778,11 @@ impl Replica {
                         // Our acknowledgement says "accepted at `ballot`": make
                         // it true on disk too (the chosen mark may not be
                         // durable yet).
-                        existing.ballot = ballot;
-                        self.out.persist.push(PersistRecord::Accepted {
-                            slot,
-                            ballot,
-                            entry,
-                        });
+                        self.record_accept(slot, ballot, entry);
                     }
                 }
                 Some(existing) if existing.ballot == ballot && existing.entry == entry => {}
-                _ => {
-                    self.log.insert(
-                        slot,
-                        LogSlot {
-                            ballot,
-                            entry: entry.clone(),
-                            chosen: false,
-                        },
-                    );
-                    self.out.persist.push(PersistRecord::Accepted {
-                        slot,
-                        ballot,
-                        entry,
-                    });
-                }
+                _ => self.record_accept(slot, ballot, entry),
             }
         }
         self.learn_commit(from, ballot, commit_upto);
@@ -846,6 +827,34 @@ impl Replica {
         }
         self.follow(from, ballot);
         true
+    }
+
+    /// Our acceptor accepts `entry` for `slot` at `ballot`: into the log (a
+    /// chosen slot keeps its value; only its ballot moves) and onto disk.
+    fn record_accept(&mut self, slot: Slot, ballot: Ballot, entry: Entry) {
+        match self.log.get_mut(&slot) {
+            Some(existing) => {
+                existing.ballot = ballot;
+                if !existing.chosen {
+                    existing.entry = entry.clone();
+                }
+            }
+            None => {
+                self.log.insert(
+                    slot,
+                    LogSlot {
+                        ballot,
+                        entry: entry.clone(),
+                        chosen: false,
+                    },
+                );
+            }
+        }
+        self.out.persist.push(PersistRecord::Accepted {
+            slot,
+            ballot,
+            entry,
+        });
     }
 
     fn reject(&mut self, to: NodeId, ballot: Ballot) {
@@ -1321,26 +1330,7 @@ impl Replica {
                 .get(&slot)
                 .is_some_and(|s| s.ballot == ballot && s.entry == entry);
             if !unchanged {
-                if let Some(s) = self.log.get_mut(&slot) {
-                    s.ballot = ballot;
-                    if !s.chosen {
-                        s.entry = entry.clone();
-                    }
-                } else {
-                    self.log.insert(
-                        slot,
-                        LogSlot {
-                            ballot,
-                            entry: entry.clone(),
-                            chosen: false,
-                        },
-                    );
-                }
-                self.out.persist.push(PersistRecord::Accepted {
-                    slot,
-                    ballot,
-                    entry,
-                });
+                self.record_accept(slot, ballot, entry);
             }
             if !already_chosen {
                 leader.inflight.insert(
@@ -1605,6 +1595,7 @@ impl Replica {
         };
         let first = l.next_slot;
         let ballot = l.ballot;
+        let mut accepted = Vec::new();
         while l.next_slot < window_end {
             let Some((proposal, origin)) = l.pending.pop_front() else {
                 break;
@@ -1612,20 +1603,7 @@ impl Replica {
             let slot = l.next_slot;
             l.next_slot = slot.next();
             self.placed.insert(slot, (proposal.id, origin));
-            let entry = proposal.into_entry();
-            self.log.insert(
-                slot,
-                LogSlot {
-                    ballot,
-                    entry: entry.clone(),
-                    chosen: false,
-                },
-            );
-            self.out.persist.push(PersistRecord::Accepted {
-                slot,
-                ballot,
-                entry,
-            });
+            accepted.push((slot, proposal.into_entry()));
             l.inflight.insert(
                 slot,
                 Inflight {
@@ -1637,6 +1615,12 @@ impl Replica {
         let end = l.next_slot;
         if end > first {
             l.commit_sent = self.chosen_upto;
+        }
+        // Into our log before the Accept messages are built from it.
+        for (slot, entry) in accepted {
+            self.record_accept(slot, ballot, entry);
+        }
+        if end > first {
             for peer in self.peer_ids().collect::<Vec<_>>() {
                 self.send_accepts(peer, first, end);
             }

@@ -218,12 +218,7 @@ impl AppState {
             reply,
             deadline,
         });
-        self.submit(input).await?;
-        match answer.await {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(error.into_response()),
-            Err(_) => Err(error_response(503, "the replica stopped before answering")),
-        }
+        self.ask(input, answer).await
     }
 
     async fn read(&self, query: Query, consistency: Consistency) -> Result<Answer, Response> {
@@ -235,9 +230,18 @@ impl AppState {
             reply,
             deadline,
         });
+        self.ask(input, answer).await
+    }
+
+    /// Hands `input` to the driver and waits for its answer.
+    async fn ask<T>(
+        &self,
+        input: DriverInput,
+        answer: oneshot::Receiver<Result<T, ApiError>>,
+    ) -> Result<T, Response> {
         self.submit(input).await?;
         match answer.await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(error.into_response()),
             Err(_) => Err(error_response(503, "the replica stopped before answering")),
         }
