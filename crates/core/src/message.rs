@@ -3,6 +3,7 @@
 //! `Accept`/`Heartbeat`; its `/current` + `/fetch` catch-up becomes
 //! `CatchUpRequest`/`CatchUpReply`.
 
+use crate::ready::DropReason;
 use crate::types::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
 use serde::{Deserialize, Serialize};
 
@@ -92,8 +93,12 @@ pub enum Message {
     Forward { proposals: Vec<Proposal> },
     /// Forwarded proposals that will not be chosen through the sender (it
     /// is not, or no longer, the leader, or their slot went to another
-    /// value): the origin may retry them with the same ids.
-    ForwardDropped { ids: Vec<RequestId> },
+    /// value, or it is overloaded): the origin may retry them with the same
+    /// ids, after a pause when the reason is `Overloaded`.
+    ForwardDropped {
+        ids: Vec<RequestId>,
+        reason: DropReason,
+    },
     /// A follower asks the leader for a read index on behalf of a client read.
     ReadIndexRequest { read_id: u64 },
     /// The leader's answer: once the asker has applied `read_index`, its state

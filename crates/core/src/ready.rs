@@ -13,6 +13,14 @@
 //!
 //! No input is given to the replica between steps 1 and 2.
 //!
+//! Exception to the early sends: a `Ready` that raises this replica's own
+//! promise (`messages_wait_for_sync`) sends nothing before its fsync. A new
+//! leader's first accepts and heartbeats travel in the same `Ready` as the
+//! promise to its own ballot; were they to leave first and the process die
+//! before the sync, it would restart with its old promise, pick the same
+//! ballot again and could propose a second value at `(ballot, slot)`, which
+//! followers that learn from the commit index would take as chosen.
+//!
 //! In a cluster of more than one replica, step 3 may come first: an entry is
 //! handed out for application only once it is chosen, that is once a quorum
 //! made it durable, and a leader counts its own vote only while processing a
@@ -20,7 +28,7 @@
 //! accept was synced. With a single replica its own vote is the quorum, so
 //! the entries must wait for this `Ready`'s sync.
 
-use crate::message::Envelope;
+use crate::message::{Envelope, Message};
 use crate::types::{Ballot, Entry, NodeId, RequestId, Slot};
 use serde::{Deserialize, Serialize};
 
@@ -113,9 +121,17 @@ pub struct Ready {
     pub messages: Vec<Envelope>,
     pub apply: Vec<(Slot, Entry)>,
     pub events: Vec<Event>,
+    /// No message of this `Ready` may leave before its records are durable
+    /// (it raises this replica's promise: see the module comment).
+    pub messages_wait_for_sync: bool,
 }
 
 impl Ready {
+    /// May `message` (one of this `Ready`'s) be sent before the fsync?
+    pub fn may_send_before_sync(&self, message: &Message) -> bool {
+        !self.messages_wait_for_sync && !message.requires_durability()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
             && self.messages.is_empty()

@@ -92,6 +92,9 @@ pub struct Bugs {
     /// Any replica answers a linearizable read at once from its own chosen
     /// prefix (a local read passed off as linearizable).
     pub local_reads: bool,
+    /// A `Ready` that raises this replica's own promise may still send its
+    /// accepts and heartbeats before the fsync (the ballot-reuse bug).
+    pub early_send_at_new_ballot: bool,
     /// Record local invariant violations instead of panicking (set whenever
     /// a bug is injected, also from outside the core, e.g. a lossy disk).
     pub record_violations: bool,
@@ -451,7 +454,13 @@ impl Replica {
         self.flush_forwards();
         self.flush_reads();
         self.flush_commit();
-        std::mem::take(&mut self.out)
+        let mut ready = std::mem::take(&mut self.out);
+        ready.messages_wait_for_sync = !self.cfg.bugs.early_send_at_new_ballot
+            && ready
+                .persist
+                .iter()
+                .any(|r| matches!(r, PersistRecord::Promised(_)));
+        ready
     }
 
     /// Submits a client command. As leader it is queued for the next slot;
@@ -637,23 +646,30 @@ impl Replica {
             Message::Forward { proposals } => {
                 // A forward that arrives after leadership moved goes back to
                 // its origin rather than on (re-forwarding could loop).
-                let mut refused = Vec::new();
+                // The reason goes back with the ids, so the origin backs off
+                // from an overloaded leader instead of re-forwarding at once.
+                let mut not_leader = Vec::new();
+                let mut overloaded = Vec::new();
                 for proposal in proposals {
                     let id = proposal.id;
-                    if self.propose_here_only(proposal, Some(from)).is_err() {
-                        refused.push(id);
+                    match self.propose_here_only(proposal, Some(from)) {
+                        Ok(()) => {}
+                        Err(ProposeError::Overloaded) => overloaded.push(id),
+                        Err(ProposeError::NoLeader) => not_leader.push(id),
                     }
                 }
-                if !refused.is_empty() {
-                    self.send(from, Message::ForwardDropped { ids: refused });
+                for (ids, reason) in [
+                    (not_leader, DropReason::NotLeader),
+                    (overloaded, DropReason::Overloaded),
+                ] {
+                    if !ids.is_empty() {
+                        self.send(from, Message::ForwardDropped { ids, reason });
+                    }
                 }
             }
-            Message::ForwardDropped { ids } => {
+            Message::ForwardDropped { ids, reason } => {
                 for id in ids {
-                    self.out.events.push(Event::ProposalDropped {
-                        id,
-                        reason: DropReason::NotLeader,
-                    });
+                    self.out.events.push(Event::ProposalDropped { id, reason });
                 }
             }
             Message::ReadIndexRequest { read_id } => self.on_read_index_request(from, read_id),
@@ -696,6 +712,10 @@ impl Replica {
             return false;
         }
         self.log = self.log.split_off(&upto);
+        // Entries handed out earlier in this turn and not yet applied lie
+        // below the snapshot, which already contains them: applying them on
+        // top of it would apply them twice (or out of order).
+        self.out.apply.retain(|(slot, _)| *slot >= upto);
         for (slot, (id, origin)) in std::mem::take(&mut self.placed) {
             if slot < upto {
                 // Its outcome is inside the snapshot: let the client retry
@@ -1891,7 +1911,13 @@ impl Replica {
     fn report_dropped(&mut self, id: RequestId, origin: Option<NodeId>, reason: DropReason) {
         match origin {
             Some(origin) if origin != self.cfg.id => {
-                self.send(origin, Message::ForwardDropped { ids: vec![id] });
+                self.send(
+                    origin,
+                    Message::ForwardDropped {
+                        ids: vec![id],
+                        reason,
+                    },
+                );
             }
             _ => self.out.events.push(Event::ProposalDropped { id, reason }),
         }

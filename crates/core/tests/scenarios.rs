@@ -1048,3 +1048,133 @@ fn a_restarted_replica_promises_nobody_for_an_election_timeout() {
     );
     assert!(c.r(1).promised() < higher);
 }
+
+/// Issue 10, path 1: a new leader's first accepts must not leave before the
+/// promise to its own ballot is durable. Otherwise: n0 wins ballot b with
+/// n1, its accept of X at slot 0 reaches n1 before n0's fsync, n0 dies
+/// unsynced, restarts with its old promise, wins the same b with n2 and
+/// chooses Y at slot 0; a heartbeat at b with commit 1 then makes n1 take X
+/// as chosen at slot 0 (two values for one slot).
+fn ballot_reuse_trace(early_send_bug: bool) -> Cluster {
+    let mut c = Cluster::with_config(3, 21, |cfg| {
+        cfg.election_timeout_ticks = 10;
+        cfg.heartbeat_interval_ticks = 2;
+        cfg.leases = false;
+        cfg.bugs.early_send_at_new_ballot = early_send_bug;
+    });
+    let prepare_queued = |c: &Cluster| {
+        !c.queued(|e| e.from == n(0) && matches!(e.message, Message::Prepare { .. }))
+            .is_empty()
+    };
+    // Only n0's clock runs, so only n0 campaigns; only n1 hears it.
+    for _ in 0..4 * T {
+        if prepare_queued(&c) {
+            break;
+        }
+        c.tick(0);
+    }
+    assert!(prepare_queued(&c), "n0 campaigns");
+    c.drop_matching(|e| e.to == n(2));
+    c.deliver_matching(|e| link(e, 0, 1)); // the Prepare
+                                           // n0 takes the promise and the client's X in one turn whose fsync never
+                                           // comes: what may leave early leaves.
+    c.pause_sync(0);
+    let promise_from_n1 = c.queued(|e| link(e, 1, 0));
+    assert!(!promise_from_n1.is_empty(), "n1 promised");
+    c.drop_matching(|e| link(e, 1, 0));
+    for env in promise_from_n1 {
+        c.nodes[0].r_mut().step(env.from, env.message);
+    }
+    assert_eq!(c.r(0).role(), Role::Leader);
+    c.propose_no_flush(0, "X");
+    c.collect(0);
+    c.drop_matching(|e| e.to == n(2));
+    // Whatever left early reaches n1 (durably accepted there).
+    c.deliver_matching(|e| link(e, 0, 1));
+    c.drop_matching(|e| e.from == n(1));
+    c.crash(0);
+    c.restart(0);
+    // The restarted n0 campaigns again and wins with n2 only.
+    c.cut_link(0, 1);
+    c.cut_link(1, 0);
+    for _ in 0..8 * T {
+        if c.r(0).role() == Role::Leader {
+            break;
+        }
+        c.tick(0);
+        c.run_until_quiet();
+    }
+    assert_eq!(c.r(0).role(), Role::Leader, "n0 leads again with n2");
+    c.propose(0, "Y");
+    c.run_until_quiet();
+    assert_eq!(c.r(0).chosen_upto(), Slot(1), "Y is chosen at slot 0");
+    // n1 hears the new leader's heartbeats (commit 1 at the same ballot).
+    c.heal_all();
+    for _ in 0..4 * T {
+        if c.r(1).chosen_upto() >= Slot(1) {
+            break;
+        }
+        c.tick(0);
+        c.run_until_quiet();
+    }
+    assert!(c.r(1).chosen_upto() >= Slot(1), "n1 learns slot 0");
+    c
+}
+
+#[test]
+fn a_new_leaders_accepts_wait_for_its_promise_to_be_durable() {
+    let c = ballot_reuse_trace(false);
+    for i in 0..3 {
+        assert_eq!(
+            c.r(i).chosen_entry(Slot(0)).and_then(payload_of),
+            cmd("Y"),
+            "n{i} holds Y at slot 0"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "AGREEMENT VIOLATED")]
+fn with_early_sends_at_a_new_ballot_the_ballot_is_reused() {
+    let _ = ballot_reuse_trace(true);
+}
+
+/// Issue 10, path 5: entries handed out for application earlier in a turn
+/// lie below a snapshot installed later in the same turn; they are inside
+/// the snapshot and must not be applied on top of it.
+#[test]
+fn installing_a_snapshot_drops_the_applies_it_covers() {
+    let mut c = Cluster::new(3, 22);
+    c.elect(0);
+    c.isolate(2);
+    for k in 0..6 {
+        c.propose(0, &format!("v{k}"));
+        c.run_until_quiet();
+    }
+    c.heal_all();
+    let entries: Vec<Entry> = c.node(0).applied[..3]
+        .iter()
+        .map(|(_, e)| e.clone())
+        .collect();
+    // One turn at n2: a catch-up reply hands out slots 0..3, then a
+    // snapshot covering 0..5 arrives, before the driver takes the Ready.
+    let n2 = c.nodes[2].r_mut();
+    n2.step(
+        n(0),
+        Message::CatchUpReply {
+            first_slot: Slot(0),
+            entries,
+            chosen_upto: Slot(6),
+        },
+    );
+    assert_eq!(n2.applied_upto(), Slot(3));
+    assert!(n2.install_snapshot(Slot(5)));
+    let ready = n2.ready();
+    let below: Vec<Slot> = ready
+        .apply
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s < Slot(5))
+        .collect();
+    assert!(below.is_empty(), "applies below the snapshot: {below:?}");
+}

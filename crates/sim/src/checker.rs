@@ -1,7 +1,7 @@
 //! Checkers named after the properties they guard.
 
 use crate::state_machine::{SimOutput, SimStateMachine};
-use paxlog_core::{Entry, NodeId, Proposal, RequestId, Slot};
+use paxlog_core::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
 use std::collections::HashMap;
 
 const MAX_VIOLATIONS: usize = 50;
@@ -20,6 +20,8 @@ pub struct Checker {
     acked: HashMap<RequestId, Slot>,
     /// One past the highest slot any replica has applied.
     applied_floor: Slot,
+    /// Every value sent in an Accept, by (ballot, slot): there is one.
+    sent_values: HashMap<(Ballot, Slot), Entry>,
 }
 
 impl Checker {
@@ -32,6 +34,7 @@ impl Checker {
             issued: HashMap::new(),
             acked: HashMap::new(),
             applied_floor: Slot::ZERO,
+            sent_values: HashMap::new(),
         }
     }
 
@@ -58,6 +61,25 @@ impl Checker {
     /// Slots known chosen anywhere (the log's length if it has no holes).
     pub fn slot_count(&self) -> u64 {
         self.chosen.keys().map(|s| s.0 + 1).max().unwrap_or(0)
+    }
+
+    /// One value per (ballot, slot), ever: `learn_commit`, a new leader's
+    /// value pick and the acceptance count all rely on it.
+    pub fn value_sent(&mut self, ballot: Ballot, slot: Slot, entry: &Entry) {
+        match self.sent_values.get(&(ballot, slot)) {
+            Some(existing) if existing != entry => {
+                let message = format!(
+                    "one value per ballot and slot: {} and {} both sent at ({ballot}, {slot})",
+                    describe(existing),
+                    describe(entry)
+                );
+                self.violation(message);
+            }
+            Some(_) => {}
+            None => {
+                self.sent_values.insert((ballot, slot), entry.clone());
+            }
+        }
     }
 
     pub fn issued(&mut self, proposal: &Proposal) {

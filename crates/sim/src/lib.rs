@@ -41,6 +41,10 @@ pub struct Faults {
     /// Each replica's clock rate error, per mille (negative: slow, skips
     /// ticks; positive: fast, double ticks). Within the lease's drift bound.
     pub max_clock_skew_per_mille: u64,
+    /// Chance (per mille) that a replica dies in the turn that made it
+    /// leader: its early messages are out, its records are not synced, and
+    /// it restarts within a few ticks.
+    pub crash_after_win_per_mille: u64,
 }
 
 impl Faults {
@@ -55,6 +59,7 @@ impl Faults {
             snapshot_every_slots: 1_000_000,
             read_per_mille: 0,
             max_clock_skew_per_mille: 0,
+            crash_after_win_per_mille: 0,
         }
     }
 
@@ -72,6 +77,7 @@ impl Faults {
             snapshot_every_slots: pick(rng, &[10, 25, 100, 1_000_000]),
             read_per_mille: pick(rng, &[0, 200, 500]),
             max_clock_skew_per_mille: pick(rng, &[0, 10, 50]),
+            crash_after_win_per_mille: pick(rng, &[0, 0, 100, 500]),
         }
     }
 }
@@ -121,6 +127,7 @@ pub struct FaultCounts {
     pub torn_writes: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    pub crashes_after_win: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -572,17 +579,46 @@ impl Simulation {
         let Some(replica) = self.nodes[index].replica.as_mut() else {
             return;
         };
-        let ready = replica.ready();
+        let mut ready = replica.ready();
         if ready.is_empty() {
             return;
         }
         let me = NodeId(index as u32);
         // 0. Messages that need no durability may leave before the fsync
         // (a crash below then has sent them: the simulator covers that).
-        let (durable_only, early): (Vec<_>, Vec<_>) = ready
-            .messages
+        let messages = std::mem::take(&mut ready.messages);
+        let (early, durable_only): (Vec<_>, Vec<_>) = messages
             .into_iter()
-            .partition(|e| e.message.requires_durability());
+            .partition(|e| ready.may_send_before_sync(&e.message));
+        let just_won = self.nodes[index]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.role() == paxlog_core::Role::Leader)
+            && ready
+                .persist
+                .iter()
+                .any(|r| matches!(r, PersistRecord::Promised(_)));
+        if just_won
+            && self.now_tick <= self.options.fault_ticks
+            && self
+                .rng
+                .chance(self.options.faults.crash_after_win_per_mille, 1000)
+        {
+            // Dies while sending, before the fsync: the early messages to
+            // one peer are out, nothing of this turn is durable, and it is
+            // back within a few ticks (the case where another quorum can
+            // then see the same ballot with other values).
+            let lucky = NodeId(self.rng.range(0, u64::from(self.options.nodes)) as u32);
+            for envelope in early {
+                if envelope.to == lucky {
+                    self.send(envelope);
+                }
+            }
+            self.faults.crashes_after_win += 1;
+            let down = self.rng.range(1, 4);
+            self.crash(index, down);
+            return;
+        }
         for envelope in early {
             self.send(envelope);
         }
@@ -651,11 +687,42 @@ impl Simulation {
     }
 
     fn send(&mut self, envelope: Envelope) {
+        self.check_sent(&envelope);
         let (dropped, duplicated) =
             self.network
                 .send(envelope, self.now_tick, &self.options.faults, &mut self.rng);
         self.faults.dropped += dropped;
         self.faults.duplicated += duplicated;
+    }
+
+    /// Invariants on what leaves a replica, at the moment it leaves.
+    fn check_sent(&mut self, envelope: &Envelope) {
+        let from = envelope.from.0 as usize;
+        let ballot = match &envelope.message {
+            Message::Accept { ballot, .. } | Message::Heartbeat { ballot, .. } => *ballot,
+            _ => return,
+        };
+        // A leader's ballot is durable before its Phase 2 messages: else a
+        // crash lets it campaign with the same ballot again.
+        let durable = self.nodes[from].disk.durable.promised;
+        if ballot.node == envelope.from && durable < ballot {
+            self.checker.violation(format!(
+                "leader ballot durable: n{from} sent {} at ballot {ballot} with promise {durable} on disk",
+                envelope.message.kind()
+            ));
+        }
+        if let Message::Accept {
+            ballot,
+            first_slot,
+            entries,
+            ..
+        } = &envelope.message
+        {
+            for (offset, entry) in entries.iter().enumerate() {
+                let slot = Slot(first_slot.0 + offset as u64);
+                self.checker.value_sent(*ballot, slot, entry);
+            }
+        }
     }
 
     fn check_durable_before_send(&mut self, index: usize, envelope: &Envelope) {
@@ -836,6 +903,9 @@ pub enum Bug {
     ForgetPromise,
     /// A restarted replica loses its log (durability).
     LoseLog,
+    /// A new leader's accepts leave before its promise is durable (one
+    /// value per ballot and slot; leader ballot durable).
+    BallotReuse,
     /// No catch-up (liveness).
     NoCatchUp,
     /// Replicas answer linearizable reads from their own state
@@ -853,6 +923,11 @@ impl SimOptions {
             Some(Bug::SkipApply) => self.bugs.skip_apply_slot = Some(3),
             Some(Bug::ForgetPromise) => self.forget_promise_on_restart = true,
             Some(Bug::LoseLog) => self.lose_log_on_restart = true,
+            Some(Bug::BallotReuse) => {
+                self.bugs.early_send_at_new_ballot = true;
+                self.faults.crash_after_win_per_mille =
+                    self.faults.crash_after_win_per_mille.max(500);
+            }
             Some(Bug::NoCatchUp) => self.bugs.no_catch_up = true,
             Some(Bug::LocalReads) => {
                 self.bugs.local_reads = true;

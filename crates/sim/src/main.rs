@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         f.torn_writes += report.faults.torn_writes;
         f.snapshots_taken += report.faults.snapshots_taken;
         f.snapshots_installed += report.faults.snapshots_installed;
+        f.crashes_after_win += report.faults.crashes_after_win;
         if !report.violations.is_empty() {
             eprintln!(
                 "seed {seed}: {} violation(s); first: {}",
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
     let f = &totals.faults;
     println!(
         "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
-         faults: dropped {} duplicated {} partitions {} crashes {} torn writes {} snapshots taken {} installed {} | \
+         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} snapshots taken {} installed {} | \
          violations {} | {:.1}s",
         args.seeds,
         totals.ticks,
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
         f.duplicated,
         f.partitions,
         f.crashes,
+        f.crashes_after_win,
         f.torn_writes,
         f.snapshots_taken,
         f.snapshots_installed,

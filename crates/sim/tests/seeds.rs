@@ -75,6 +75,27 @@ fn read_checker_catches_local_reads_passed_off_as_linearizable() {
 }
 
 #[test]
+fn leader_ballot_checker_catches_accepts_sent_before_the_promise_is_durable() {
+    assert_caught(Bug::BallotReuse, "leader ballot durable");
+}
+
+/// The consequence, not just the early send: a replica that died right
+/// after winning (its accepts to one peer out, its promise not synced)
+/// campaigns again with the same ballot, wins with another quorum and sends
+/// a second value for a slot at it. Rare (2 of the first 3,000 seeds); seed
+/// 1036 has it.
+#[test]
+fn one_value_per_ballot_checker_catches_a_reused_ballot() {
+    let (_, found) = violations_over(1030..1040, Some(Bug::BallotReuse));
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("one value per ballot and slot")),
+        "found: {found:#?}"
+    );
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let a = Simulation::new(SimOptions::from_seed(77)).run();
     let b = Simulation::new(SimOptions::from_seed(77)).run();

@@ -40,6 +40,11 @@ pub struct Node {
     /// (the fsync has not happened yet). A crash loses them.
     pub sync_paused: bool,
     pub unsynced: Vec<Ready>,
+    /// Inputs that arrived while a `Ready` waits for its fsync: the driver
+    /// takes no input until the sync returns, so they wait here (and a
+    /// crash loses them).
+    pub inbox: VecDeque<Envelope>,
+    pub deferred_ticks: u64,
     pub incarnation: u32,
 }
 
@@ -54,6 +59,11 @@ impl Node {
 
     pub fn is_up(&self) -> bool {
         self.replica.is_some()
+    }
+
+    /// A `Ready` of this node waits for its fsync: no input is taken.
+    pub fn in_fsync(&self) -> bool {
+        self.sync_paused && !self.unsynced.is_empty()
     }
 
     pub fn applied_entries(&self) -> Vec<Entry> {
@@ -129,6 +139,8 @@ impl Cluster {
                 events: Vec::new(),
                 sync_paused: false,
                 unsynced: Vec::new(),
+                inbox: VecDeque::new(),
+                deferred_ticks: 0,
                 incarnation: 0,
             });
         }
@@ -174,6 +186,17 @@ impl Cluster {
             return;
         }
         if self.nodes[i].sync_paused {
+            // As the driver does: what needs no durability leaves before
+            // the fsync; the rest waits for it.
+            let mut ready = ready;
+            let (early, held): (Vec<Envelope>, Vec<Envelope>) = std::mem::take(&mut ready.messages)
+                .into_iter()
+                .partition(|e| ready.may_send_before_sync(&e.message));
+            ready.messages = held;
+            for envelope in early {
+                self.sent.push(envelope.clone());
+                self.queue.push_back(envelope);
+            }
             self.nodes[i].unsynced.push(ready);
             return;
         }
@@ -186,6 +209,7 @@ impl Cluster {
             messages,
             apply,
             events,
+            ..
         } = ready;
         let node = &mut self.nodes[i];
         // 1. persist (and "fsync").
@@ -266,6 +290,10 @@ impl Cluster {
             return;
         }
         let to = env.to.0 as usize;
+        if self.nodes[to].in_fsync() {
+            self.nodes[to].inbox.push_back(env);
+            return;
+        }
         self.nodes[to].r_mut().step(env.from, env.message);
         self.collect(to);
     }
@@ -349,6 +377,10 @@ impl Cluster {
 
     /// One tick on node `i` only (its output is queued, not delivered).
     pub fn tick(&mut self, i: usize) {
+        if self.nodes[i].in_fsync() {
+            self.nodes[i].deferred_ticks += 1;
+            return;
+        }
         if let Some(r) = self.nodes[i].replica.as_mut() {
             r.tick();
             self.collect(i);
@@ -519,6 +551,8 @@ impl Cluster {
         node.replica = None;
         node.unsynced.clear();
         node.sync_paused = false;
+        node.inbox.clear();
+        node.deferred_ticks = 0;
         let id = NodeId(i as u32);
         self.queue.retain(|e| e.from != id && e.to != id);
     }
@@ -566,6 +600,14 @@ impl Cluster {
         let held = std::mem::take(&mut self.nodes[i].unsynced);
         for ready in held {
             self.handle_ready(i, ready);
+        }
+        // Then the inputs that queued meanwhile, time first.
+        for _ in 0..std::mem::take(&mut self.nodes[i].deferred_ticks) {
+            self.tick(i);
+        }
+        let inbox = std::mem::take(&mut self.nodes[i].inbox);
+        for env in inbox {
+            self.deliver(env);
         }
     }
 
