@@ -1,6 +1,7 @@
-//! Commands carried in log entry payloads.
+//! Commands carried in log entry payloads, and the stamped request that wraps them.
 
 use bytes::Bytes;
+use paxlog_core::Slot;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io;
@@ -115,22 +116,19 @@ impl KvCommand {
         }
     }
 
-    /// The postcard bytes to put in `Entry::Command { payload, .. }`.
+    /// The postcard bytes of an unstamped payload (applied as `since = 0`;
+    /// servers should send [`KvRequest::encode`] instead).
     pub fn encode(&self) -> Bytes {
         // Serialising strings and options into a Vec cannot fail; an empty
         // payload would only be rejected at apply time as a bad payload.
         Bytes::from(postcard::to_allocvec(self).unwrap_or_default())
     }
 
-    /// Decodes a payload produced by [`KvCommand::encode`]. Trailing bytes are
-    /// an error. Does not check limits (see [`KvCommand::validate`]).
+    /// Decodes a payload produced by [`KvCommand::encode`] or
+    /// [`KvRequest::encode`] (the stamp is dropped). Trailing bytes are an
+    /// error. Does not check limits (see [`KvCommand::validate`]).
     pub fn decode(payload: &[u8]) -> Result<KvCommand, KvError> {
-        let (cmd, rest) =
-            postcard::take_from_bytes::<KvCommand>(payload).map_err(KvError::Decode)?;
-        if !rest.is_empty() {
-            return Err(KvError::Decode(postcard::Error::DeserializeBadEncoding));
-        }
-        Ok(cmd)
+        KvRequest::decode(payload).map(|request| request.command)
     }
 
     /// Human-readable text, as the seed's `/fetch` shows a chosen command:
@@ -168,6 +166,79 @@ impl KvCommand {
             }
         }
     }
+}
+
+/// First byte of a stamped payload, format version 1. An unstamped payload
+/// starts with `KvCommand`'s variant index as a postcard varint (0..=3), so
+/// the two cannot be confused while `KvCommand` has fewer than 64 variants.
+/// A later format takes the next byte (0x41).
+const STAMPED_V1: u8 = 0x40;
+
+/// What an `Entry::Command` payload carries: a command and the stamp that
+/// lets the exactly-once table decide a retry after sessions have expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvRequest {
+    /// The accepting replica's applied round (its `applied_upto`) when a
+    /// server first accepted this request. Set once; re-proposals of the same
+    /// request keep it. The request can only be chosen at a slot >= `since`.
+    /// A retry stamped afresh after its session expired would look new, so
+    /// every attempt must carry the first attempt's stamp.
+    pub since: Slot,
+    pub command: KvCommand,
+}
+
+/// Version 1 of the stamped payload, after the [`STAMPED_V1`] byte.
+#[derive(Serialize, Deserialize)]
+struct StampedV1<C> {
+    since: u64,
+    command: C,
+}
+
+impl KvRequest {
+    pub fn new(since: Slot, command: KvCommand) -> Self {
+        KvRequest { since, command }
+    }
+
+    /// The bytes to put in `Entry::Command { payload, .. }`:
+    /// `[0x40]` followed by postcard of `(since, command)`.
+    pub fn encode(&self) -> Bytes {
+        let body = StampedV1 {
+            since: self.since.0,
+            command: &self.command,
+        };
+        let mut out = vec![STAMPED_V1];
+        // Serialising integers and strings into a Vec cannot fail; an
+        // undecodable payload would only be rejected at apply time.
+        out.extend(postcard::to_allocvec(&body).unwrap_or_default());
+        Bytes::from(out)
+    }
+
+    /// Decodes a stamped payload, or an unstamped one (from
+    /// [`KvCommand::encode`], or written before stamps existed) as
+    /// `since = 0`. Trailing bytes are an error.
+    pub fn decode(payload: &[u8]) -> Result<KvRequest, KvError> {
+        match payload.split_first() {
+            Some((&STAMPED_V1, body)) => {
+                let stamped: StampedV1<KvCommand> = decode_exact(body)?;
+                Ok(KvRequest {
+                    since: Slot(stamped.since),
+                    command: stamped.command,
+                })
+            }
+            _ => Ok(KvRequest {
+                since: Slot::ZERO,
+                command: decode_exact(payload)?,
+            }),
+        }
+    }
+}
+
+fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, KvError> {
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(KvError::Decode)?;
+    if !rest.is_empty() {
+        return Err(KvError::Decode(postcard::Error::DeserializeBadEncoding));
+    }
+    Ok(value)
 }
 
 fn quote(key: &str) -> String {

@@ -22,7 +22,8 @@ pub enum KvError {
         size: usize,
         max: usize,
     },
-    /// A log entry payload that is not a postcard-encoded `KvCommand`.
+    /// A log entry payload that is not a `KvRequest` or a postcard-encoded
+    /// `KvCommand`.
     #[error("undecodable command payload: {0}")]
     Decode(#[source] postcard::Error),
     /// A snapshot written by an unknown format version.

@@ -2,9 +2,10 @@
 //!
 //! * [`parse_statement`]: the seed's Python-statement command language
 //!   (`li = []`, `li += [1, 2]`, `del li`), parsed, never evaluated.
-//! * [`KvCommand`]: what a log entry's payload means (postcard-encoded).
+//! * [`KvCommand`]: what a log entry's payload means (postcard-encoded), wrapped
+//!   in a [`KvRequest`] that stamps when a server first accepted it.
 //! * [`KvStore`]: the deterministic [`paxlog_core::StateMachine`], with an
-//!   exactly-once dedup table inside the replicated state.
+//!   exactly-once table of client sessions inside the replicated state.
 
 mod command;
 mod error;
@@ -15,11 +16,13 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use command::{validate_key, validate_value, KvCommand};
+pub use command::{validate_key, validate_value, KvCommand, KvRequest};
 pub use error::KvError;
 pub use output::{ApplyOutput, ApplyResult, ErrorKind};
 pub use parser::{parse_statement, parse_value, ParseError, Statement};
-pub use store::{KvOptions, KvStore, DEFAULT_DEDUP_WINDOW_SLOTS, SNAPSHOT_VERSION};
+pub use store::{
+    KvOptions, KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_EXPIRY_ROUNDS, SNAPSHOT_VERSION,
+};
 
 /// Size and shape limits, enforced before proposing and again at apply time.
 pub mod limits {

@@ -10,8 +10,11 @@ use serde_json::Value;
 pub struct ApplyOutput {
     /// The slot just applied.
     pub slot: Slot,
-    /// True when the request was already applied (or superseded) earlier
-    /// and was therefore not executed again.
+    /// True when the exactly-once table answered instead of executing, so
+    /// the command did not run at this slot: a retry of the client's last
+    /// request (`original_slot` is where it ran), an older seq (`Stale`), or
+    /// a request whose session expired (`RequestExpired`: it may or may not
+    /// have run before; the table cannot tell any more).
     pub duplicate: bool,
     /// For a cached duplicate: the slot where the request was executed.
     pub original_slot: Option<Slot>,
@@ -82,4 +85,9 @@ pub enum ErrorKind {
     BadPayload,
     /// The request's seq is older than the client's last applied seq.
     Stale,
+    /// The client has no session and the table can no longer tell whether
+    /// this request already ran (its session may have expired since): it was
+    /// not executed, and the client must continue under a new client id.
+    /// (Appended last: snapshots store kinds by index.)
+    RequestExpired,
 }

@@ -6,46 +6,73 @@ use serde_json::{Map, Number, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 
-use crate::command::{check_statement, parse_json_value, validate_key, validate_value, KvCommand};
+use crate::command::{
+    check_statement, parse_json_value, validate_key, validate_value, KvCommand, KvRequest,
+};
 use crate::error::KvError;
 use crate::output::{ApplyOutput, ApplyResult, ErrorKind};
 use crate::parser::Statement;
 
-/// How long (in slots) a client's last answer is remembered for retries.
-/// At 30,000 writes/s this is over 3 s, several times the interval at which
-/// a replica re-proposes a write it has not heard of (1 s by default); a
-/// client's own retry older than the window is applied again.
-pub const DEFAULT_DEDUP_WINDOW_SLOTS: u64 = 100_000;
+/// How many rounds a client session lives without being used. At 30,000
+/// writes/s this is over 30 s, several times a server's request deadline
+/// (5 s), during which it re-proposes a pending write every second, and
+/// every re-proposal that reaches the log refreshes the session.
+pub const DEFAULT_SESSION_EXPIRY_ROUNDS: u64 = 1_000_000;
+
+/// Most client sessions kept at once; beyond it the least recently used one
+/// expires. Bounds the table at a few MB (about 80 bytes a session).
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 2;
+pub const SNAPSHOT_VERSION: u8 = 3;
+
+/// The image written before sessions existed: one record per client, no
+/// `last_used_slot`, no `expired_upto`. Still restorable.
+const SNAPSHOT_VERSION_V2: u8 = 2;
 
 /// Store configuration. Must be identical on all replicas.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct KvOptions {
-    /// A client's dedup record is dropped once `last_slot + window < slot`
-    /// for the slot being applied.
-    pub dedup_window_slots: u64,
+    /// A client session expires once `last_used_slot + session_expiry_rounds
+    /// < slot` for the slot being applied.
+    pub session_expiry_rounds: u64,
+    /// When more sessions than this exist, the least recently used expire.
+    pub max_sessions: usize,
 }
 
 impl Default for KvOptions {
     fn default() -> Self {
         KvOptions {
-            dedup_window_slots: DEFAULT_DEDUP_WINDOW_SLOTS,
+            session_expiry_rounds: DEFAULT_SESSION_EXPIRY_ROUNDS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
 
+/// One client's exactly-once state: its last executed request and when the
+/// client was last heard of in the log.
 #[derive(Clone, Debug, PartialEq)]
-struct ClientRecord {
+struct Session {
     last_seq: u64,
+    /// Where `last_seq` was executed.
     last_slot: Slot,
+    /// The last slot whose entry came from this client (executed, answered
+    /// as a duplicate, or refused as stale): expiry counts from here.
+    last_used_slot: Slot,
     outcome: Outcome,
 }
 
+// Three u64 and a one-byte outcome: 32 bytes; with its u64 key a map entry
+// is 40 bytes (plus the map's control byte and load-factor slack).
+const _: () = assert!(std::mem::size_of::<Session>() <= 32);
+
+/// Slack before the use queue is compacted, so small tables do not compact
+/// on every write.
+const USE_QUEUE_SLACK: usize = 64;
+
 /// What a retried request is told: the outcome of its first execution,
-/// without the values (so a dedup record stays a few dozen bytes whatever
-/// the request carried).
+/// without the values (so a session stays a few dozen bytes whatever the
+/// request carried).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Outcome {
     Ok,
@@ -94,23 +121,28 @@ pub struct KvStore {
     options: KvOptions,
     db: BTreeMap<String, Value>,
     applied_upto: Slot,
-    /// Exactly-once table: client id -> last request seen. (A hash map: it
-    /// is touched on every write; snapshots sort it, so they stay
-    /// deterministic.)
-    clients: HashMap<u64, ClientRecord>,
-    /// `(slot, client)` in the order records were written, for incremental
-    /// eviction. An entry whose client has a newer record is stale and is
-    /// skipped when it reaches the front.
-    by_slot: VecDeque<(Slot, u64)>,
+    /// Exactly-once table: client id -> session. (A hash map: it is touched
+    /// on every write; snapshots sort it, so they stay deterministic.)
+    sessions: HashMap<u64, Session>,
+    /// `(last_used_slot, client)` in the order sessions were used, for
+    /// incremental expiry, least recently used first. An entry whose session
+    /// has been used again since (or is gone) is stale and is skipped when it
+    /// reaches the front; compaction keeps the stale ones fewer than the
+    /// live ones (plus a slack).
+    by_use: VecDeque<(Slot, u64)>,
+    /// The highest `last_used_slot` of any session ever expired; `None` if
+    /// none ever did. Monotone, since sessions expire in last-use order.
+    expired_upto: Option<Slot>,
 }
 
 impl PartialEq for KvStore {
-    /// The replicated state; the eviction queue's stale entries are not.
+    /// The replicated state; the use queue's stale entries are not.
     fn eq(&self, other: &Self) -> bool {
         self.options == other.options
             && self.db == other.db
             && self.applied_upto == other.applied_upto
-            && self.clients == other.clients
+            && self.sessions == other.sessions
+            && self.expired_upto == other.expired_upto
     }
 }
 
@@ -126,8 +158,9 @@ impl KvStore {
             options,
             db: BTreeMap::new(),
             applied_upto: Slot::ZERO,
-            clients: HashMap::new(),
-            by_slot: VecDeque::new(),
+            sessions: HashMap::new(),
+            by_use: VecDeque::new(),
+            expired_upto: None,
         }
     }
 
@@ -169,83 +202,206 @@ impl KvStore {
         self.db.is_empty()
     }
 
-    /// Number of clients currently remembered by the dedup table.
-    pub fn dedup_len(&self) -> usize {
-        self.clients.len()
+    /// Number of client sessions currently held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The highest last-use slot of any session that has expired, if any
+    /// has: a request stamped at or before it without a session is refused.
+    pub fn expired_upto(&self) -> Option<Slot> {
+        self.expired_upto
     }
 
     /// If `id` was already applied here (so it is committed), the answer a
     /// retry gets, without going through the log again.
     pub fn answer_duplicate(&self, id: RequestId) -> Option<ApplyOutput> {
-        let rec = self.clients.get(&id.client_id)?;
-        if id.seq != rec.last_seq {
+        let session = self.sessions.get(&id.client_id)?;
+        if id.seq != session.last_seq {
             return None;
         }
         Some(ApplyOutput {
-            slot: rec.last_slot,
+            slot: session.last_slot,
             duplicate: true,
-            original_slot: Some(rec.last_slot),
-            result: rec.outcome.replay(),
+            original_slot: Some(session.last_slot),
+            result: session.outcome.replay(),
         })
     }
 
-    /// The last request seq applied for `client_id`, if still remembered.
-    pub fn last_seq(&self, client_id: u64) -> Option<u64> {
-        self.clients.get(&client_id).map(|r| r.last_seq)
+    /// The server's check before proposing request `id` stamped `since`
+    /// (see [`crate::KvRequest::since`]): `Some` answer when this table
+    /// already decides it without the log, `None` to propose it.
+    ///
+    /// * a retry of the client's last applied request: its cached answer
+    ///   (as [`KvStore::answer_duplicate`]);
+    /// * no session and `since <= expired_upto`: a `RequestExpired` error.
+    ///   `expired_upto` only grows, so the log refuses it too, unless an
+    ///   earlier request of this client that this replica has not applied
+    ///   yet reopens its session first; that takes a stamp older than
+    ///   sessions this replica has already expired, so a stamping replica
+    ///   lagging further than sessions live. Not executing is safe either way.
+    ///
+    /// A client without a session whose seq is above 1 is left to the log
+    /// (which refuses it once anything has expired): a lagging replica may
+    /// just not have applied the client's previous request yet.
+    ///
+    /// Not applied through the log, so it refreshes nothing.
+    pub fn precheck(&self, id: RequestId, since: Slot) -> Option<ApplyOutput> {
+        if self.sessions.contains_key(&id.client_id) {
+            return self.answer_duplicate(id);
+        }
+        match self.expired_upto {
+            Some(upto) if upto >= since => Some(expired_output(
+                Slot(self.applied_upto.0.saturating_sub(1)),
+                id,
+            )),
+            _ => None,
+        }
     }
 
-    fn evict_expired(&mut self, slot: Slot) {
-        let window = self.options.dedup_window_slots;
-        while let Some(&(last_slot, client)) = self.by_slot.front() {
-            if last_slot.0.saturating_add(window) >= slot.0 {
+    /// Entries in the use queue, stale ones included.
+    #[cfg(test)]
+    pub(crate) fn use_queue_len(&self) -> usize {
+        self.by_use.len()
+    }
+
+    /// The last request seq applied for `client_id`, if its session exists.
+    pub fn last_seq(&self, client_id: u64) -> Option<u64> {
+        self.sessions.get(&client_id).map(|s| s.last_seq)
+    }
+
+    /// Is `(used, client)` the current entry of a session (not stale)?
+    fn is_current(&self, used: Slot, client: u64) -> bool {
+        self.sessions
+            .get(&client)
+            .is_some_and(|s| s.last_used_slot == used)
+    }
+
+    /// Pops the least recently used entry; if it is current, its session
+    /// expires.
+    fn pop_least_recent(&mut self) {
+        let Some((used, client)) = self.by_use.pop_front() else {
+            return;
+        };
+        if self.is_current(used, client) {
+            self.sessions.remove(&client);
+            // The queue is in slot order, so `max` never lowers it; it only
+            // guards against an inconsistent restored image.
+            self.expired_upto = Some(self.expired_upto.map_or(used, |e| e.max(used)));
+        }
+    }
+
+    /// Expires sessions idle for more than `session_expiry_rounds` before
+    /// `slot`, then the least recently used ones beyond `max_sessions`.
+    fn expire_sessions(&mut self, slot: Slot) {
+        let rounds = self.options.session_expiry_rounds;
+        while let Some(&(used, client)) = self.by_use.front() {
+            if self.is_current(used, client) && used.0.saturating_add(rounds) >= slot.0 {
                 break;
             }
-            self.by_slot.pop_front();
-            if self
-                .clients
-                .get(&client)
-                .is_some_and(|r| r.last_slot == last_slot)
-            {
-                self.clients.remove(&client);
-            }
+            self.pop_least_recent();
+        }
+        while self.sessions.len() > self.options.max_sessions && !self.by_use.is_empty() {
+            self.pop_least_recent();
         }
     }
 
-    fn apply_command(&mut self, slot: Slot, id: RequestId, payload: &[u8]) -> ApplyOutput {
-        if let Some(rec) = self.clients.get(&id.client_id) {
-            if id.seq == rec.last_seq {
-                return ApplyOutput {
-                    slot,
-                    duplicate: true,
-                    original_slot: Some(rec.last_slot),
-                    result: rec.outcome.replay(),
-                };
-            }
-            if id.seq < rec.last_seq {
-                return ApplyOutput {
-                    slot,
-                    duplicate: true,
-                    original_slot: None,
-                    result: ApplyResult::error(
-                        ErrorKind::Stale,
-                        format!(
-                            "request {id} is older than this client's last applied request (seq {})",
-                            rec.last_seq
-                        ),
-                    ),
-                };
-            }
+    /// Records that `client`'s session (already updated to `slot`) was used.
+    fn note_use(&mut self, slot: Slot, client: u64) {
+        self.by_use.push_back((slot, client));
+        // A busy client leaves a stale entry per use; dropping them when they
+        // outnumber the sessions keeps the queue O(sessions), at O(1)
+        // amortised cost.
+        if self.by_use.len() > 2 * self.sessions.len() + USE_QUEUE_SLACK {
+            let sessions = &self.sessions;
+            self.by_use
+                .retain(|(used, c)| sessions.get(c).is_some_and(|s| s.last_used_slot == *used));
         }
-        let result = self.execute(payload);
-        self.clients.insert(
+    }
+
+    /// Applies request `id` at `slot`.
+    ///
+    /// The rule, for a payload stamped `since`:
+    /// * the client has a session: `seq == last_seq` is a duplicate (answered
+    ///   from the session), `seq < last_seq` is `Stale`, a higher seq runs;
+    ///   every case refreshes the session;
+    /// * no session, nothing ever expired (`expired_upto == None`): it runs
+    ///   and opens a session;
+    /// * no session, `seq > 1` or `since <= expired_upto`: `RequestExpired`,
+    ///   not executed;
+    /// * otherwise (no session, `seq <= 1`, `since > expired_upto`): it runs.
+    ///
+    /// Why this never runs a request twice: `since` is the accepting
+    /// replica's `applied_upto` before the request was first proposed, so
+    /// any execution of it happened at a slot `s >= since`, and left a
+    /// session with `last_used_slot >= s` that only grows while it lives. If
+    /// that session is gone now, it expired, and since sessions expire in
+    /// last-use order, `expired_upto >= s >= since`. So no session with
+    /// `expired_upto < since` (or `None`) means it never ran. If a session
+    /// exists, `seq <= last_seq` never runs, and a higher seq did not run
+    /// under it (running raises `last_seq`, which never falls); nor under an
+    /// earlier, expired session of this client, because once anything has
+    /// expired a session only opens at seq 1 (this assumes a client id is
+    /// never reused by a new client restarting at seq 1). The stamp must be
+    /// the first attempt's: a retry stamped afresh after its session expired
+    /// looks new.
+    fn apply_command(&mut self, slot: Slot, id: RequestId, payload: &[u8]) -> ApplyOutput {
+        // An undecodable payload has no stamp: `since = 0`, the most
+        // conservative; running it changes nothing anyway.
+        let (since, command) = match KvRequest::decode(payload) {
+            Ok(request) => (request.since, Ok(request.command)),
+            Err(e) => (Slot::ZERO, Err(e)),
+        };
+        if let Some(session) = self.sessions.get_mut(&id.client_id) {
+            if id.seq <= session.last_seq {
+                session.last_used_slot = slot;
+                let out = if id.seq == session.last_seq {
+                    ApplyOutput {
+                        slot,
+                        duplicate: true,
+                        original_slot: Some(session.last_slot),
+                        result: session.outcome.replay(),
+                    }
+                } else {
+                    ApplyOutput {
+                        slot,
+                        duplicate: true,
+                        original_slot: None,
+                        result: ApplyResult::error(
+                            ErrorKind::Stale,
+                            format!(
+                                "request {id} is older than this client's last applied request (seq {})",
+                                session.last_seq
+                            ),
+                        ),
+                    }
+                };
+                self.note_use(slot, id.client_id);
+                return out;
+            }
+        } else if self
+            .expired_upto
+            .is_some_and(|upto| id.seq > 1 || since <= upto)
+        {
+            return expired_output(slot, id);
+        }
+        let result = match command {
+            Ok(cmd) => self.execute_command(cmd).unwrap_or_else(|e| e),
+            Err(e) => failed(e),
+        };
+        self.sessions.insert(
             id.client_id,
-            ClientRecord {
+            Session {
                 last_seq: id.seq,
                 last_slot: slot,
+                last_used_slot: slot,
                 outcome: Outcome::of(&result),
             },
         );
-        self.by_slot.push_back((slot, id.client_id));
+        self.note_use(slot, id.client_id);
+        // A new session may exceed `max_sessions`; this one is the most
+        // recently used, so another one goes (unless the limit is 0).
+        self.expire_sessions(slot);
         ApplyOutput {
             slot,
             duplicate: false,
@@ -255,13 +411,6 @@ impl KvStore {
     }
 
     /// Runs one command. Errors leave the database untouched.
-    fn execute(&mut self, payload: &[u8]) -> ApplyResult {
-        match KvCommand::decode(payload) {
-            Ok(cmd) => self.execute_command(cmd).unwrap_or_else(|e| e),
-            Err(e) => failed(e),
-        }
-    }
-
     fn execute_command(&mut self, cmd: KvCommand) -> Result<ApplyResult, ApplyResult> {
         match cmd {
             KvCommand::Exec { source } => {
@@ -366,6 +515,24 @@ fn failed(e: KvError) -> ApplyResult {
     ApplyResult::error(kind, e.to_string())
 }
 
+/// The refusal of a request whose session may have expired.
+fn expired_output(slot: Slot, id: RequestId) -> ApplyOutput {
+    ApplyOutput {
+        slot,
+        duplicate: true,
+        original_slot: None,
+        result: ApplyResult::error(
+            ErrorKind::RequestExpired,
+            format!(
+                "request {id} was not executed: the session of client {:x} has expired, so \
+                 whether this request (or an earlier one of this client) already ran can no \
+                 longer be told; continue with a new client id",
+                id.client_id
+            ),
+        ),
+    }
+}
+
 fn name_error(name: &str) -> ApplyResult {
     ApplyResult::error(
         ErrorKind::NameError,
@@ -450,23 +617,85 @@ fn add(lhs: &Value, rhs: &Value) -> Result<Value, ApplyResult> {
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     applied_upto: u64,
+    expired_upto: Option<u64>,
     entries: Vec<(&'a str, String)>,
-    clients: Vec<SnapshotClient>,
+    sessions: Vec<SnapshotSession>,
 }
 
 #[derive(Deserialize)]
 struct SnapshotIn {
     applied_upto: u64,
+    expired_upto: Option<u64>,
     entries: Vec<(String, String)>,
-    clients: Vec<SnapshotClient>,
+    sessions: Vec<SnapshotSession>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotClient {
+struct SnapshotSession {
+    client_id: u64,
+    last_seq: u64,
+    last_slot: u64,
+    last_used_slot: u64,
+    outcome: Outcome,
+}
+
+/// A version 2 image: a dedup record per client, no use times.
+#[derive(Deserialize)]
+struct SnapshotInV2 {
+    applied_upto: u64,
+    entries: Vec<(String, String)>,
+    clients: Vec<SnapshotClientV2>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotClientV2 {
     client_id: u64,
     last_seq: u64,
     last_slot: u64,
     outcome: Outcome,
+}
+
+impl SnapshotInV2 {
+    /// Records become sessions last used where they ran. Version 2 dropped
+    /// records `window` slots after their last use, and `expired_upto: None`
+    /// would let a retry of a dropped one run again; so everything last
+    /// used before the oldest kept record (or before the last applied round,
+    /// if none was kept) counts as expired. Every replica restoring the
+    /// image derives the same value.
+    fn upgrade(self) -> SnapshotIn {
+        let oldest_kept = self.clients.iter().map(|c| c.last_slot).min();
+        let last_applied = self.applied_upto.checked_sub(1);
+        let expired_upto = match (oldest_kept, last_applied) {
+            (Some(kept), Some(last)) => kept.min(last).checked_sub(1),
+            (None, Some(last)) => last.checked_sub(1),
+            (_, None) => None,
+        };
+        SnapshotIn {
+            applied_upto: self.applied_upto,
+            expired_upto,
+            entries: self.entries,
+            sessions: self
+                .clients
+                .into_iter()
+                .map(|c| SnapshotSession {
+                    client_id: c.client_id,
+                    last_seq: c.last_seq,
+                    last_slot: c.last_slot,
+                    last_used_slot: c.last_slot,
+                    outcome: c.outcome,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn decode_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, KvError> {
+    let (body, tail) = postcard::take_from_bytes::<T>(bytes)
+        .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+    if !tail.is_empty() {
+        return Err(corrupt(format!("{} trailing bytes", tail.len())));
+    }
+    Ok(body)
 }
 
 fn corrupt(msg: impl Into<String>) -> KvError {
@@ -484,7 +713,7 @@ impl StateMachine for KvStore {
             slot, self.applied_upto,
             "KvStore::apply: slots must be applied in order without gaps"
         );
-        self.evict_expired(slot);
+        self.expire_sessions(slot);
         let out = match entry {
             Entry::Noop => ApplyOutput {
                 slot,
@@ -502,30 +731,33 @@ impl StateMachine for KvStore {
         self.applied_upto
     }
 
-    /// `[SNAPSHOT_VERSION]` followed by postcard of: applied_upto, the db
-    /// entries in key order as (key, compact JSON text), and the dedup table
-    /// in client-id order as (client_id, last_seq, last_slot, outcome).
+    /// `[SNAPSHOT_VERSION]` followed by postcard of: applied_upto,
+    /// expired_upto, the db entries in key order as (key, compact JSON text),
+    /// and the sessions in client-id order as (client_id, last_seq,
+    /// last_slot, last_used_slot, outcome).
     fn snapshot(&self) -> Vec<u8> {
         let body = SnapshotOut {
             applied_upto: self.applied_upto.0,
+            expired_upto: self.expired_upto.map(|s| s.0),
             entries: self
                 .db
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.to_string()))
                 .collect(),
-            clients: {
-                let mut clients: Vec<SnapshotClient> = self
-                    .clients
+            sessions: {
+                let mut sessions: Vec<SnapshotSession> = self
+                    .sessions
                     .iter()
-                    .map(|(&client_id, r)| SnapshotClient {
+                    .map(|(&client_id, s)| SnapshotSession {
                         client_id,
-                        last_seq: r.last_seq,
-                        last_slot: r.last_slot.0,
-                        outcome: r.outcome,
+                        last_seq: s.last_seq,
+                        last_slot: s.last_slot.0,
+                        last_used_slot: s.last_used_slot.0,
+                        outcome: s.outcome,
                     })
                     .collect();
-                clients.sort_unstable_by_key(|c| c.client_id);
-                clients
+                sessions.sort_unstable_by_key(|s| s.client_id);
+                sessions
             },
         };
         let mut out = vec![SNAPSHOT_VERSION];
@@ -534,17 +766,23 @@ impl StateMachine for KvStore {
         out
     }
 
+    /// Restores a current image, or a version 2 one (see
+    /// [`SnapshotInV2::upgrade`]). On error the state is unchanged.
     fn restore(&mut self, image: &[u8]) -> Result<(), KvError> {
         let (&version, rest) = image.split_first().ok_or_else(|| corrupt("empty image"))?;
-        if version != SNAPSHOT_VERSION {
-            return Err(KvError::SnapshotVersion(version));
-        }
-        let (body, tail) = postcard::take_from_bytes::<SnapshotIn>(rest)
-            .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
-        if !tail.is_empty() {
-            return Err(corrupt(format!("{} trailing bytes", tail.len())));
-        }
+        let body = match version {
+            SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
+            SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?.upgrade(),
+            other => return Err(KvError::SnapshotVersion(other)),
+        };
         let applied_upto = Slot(body.applied_upto);
+        let expired_upto = body.expired_upto.map(Slot);
+        if expired_upto.is_some_and(|e| e >= applied_upto) {
+            return Err(corrupt(format!(
+                "sessions expired up to slot {} >= applied_upto {applied_upto}",
+                body.expired_upto.unwrap_or_default()
+            )));
+        }
 
         let mut db = BTreeMap::new();
         for (key, text) in body.entries {
@@ -562,38 +800,54 @@ impl StateMachine for KvStore {
             db.insert(key, value);
         }
 
-        let mut clients = HashMap::with_capacity(body.clients.len());
-        let mut by_slot = Vec::with_capacity(body.clients.len());
+        let mut sessions = HashMap::with_capacity(body.sessions.len());
+        let mut by_use = Vec::with_capacity(body.sessions.len());
         let mut previous_client = None;
-        for c in body.clients {
-            if previous_client.is_some_and(|last| last >= c.client_id) {
+        for s in body.sessions {
+            if previous_client.is_some_and(|last| last >= s.client_id) {
                 return Err(corrupt(
-                    "dedup entries are not in strictly increasing client order",
+                    "sessions are not in strictly increasing client order",
                 ));
             }
-            if c.last_slot >= applied_upto.0 {
+            previous_client = Some(s.client_id);
+            // Ran no later than last used, which is before applied_upto and
+            // after every expired session (sessions expire in use order).
+            if s.last_slot > s.last_used_slot
+                || s.last_used_slot >= applied_upto.0
+                || expired_upto.is_some_and(|e| s.last_used_slot <= e.0)
+            {
                 return Err(corrupt(format!(
-                    "client {:x} last applied at slot {} >= applied_upto {applied_upto}",
-                    c.client_id, c.last_slot
+                    "client {:x}: ran at slot {}, last used at slot {}, with applied_upto \
+                     {applied_upto} and sessions expired up to {expired_upto:?}",
+                    s.client_id, s.last_slot, s.last_used_slot
                 )));
             }
-            previous_client = Some(c.client_id);
-            by_slot.push((Slot(c.last_slot), c.client_id));
-            clients.insert(
-                c.client_id,
-                ClientRecord {
-                    last_seq: c.last_seq,
-                    last_slot: Slot(c.last_slot),
-                    outcome: c.outcome,
+            by_use.push((Slot(s.last_used_slot), s.client_id));
+            sessions.insert(
+                s.client_id,
+                Session {
+                    last_seq: s.last_seq,
+                    last_slot: Slot(s.last_slot),
+                    last_used_slot: Slot(s.last_used_slot),
+                    outcome: s.outcome,
                 },
             );
+        }
+        by_use.sort_unstable();
+        // One entry is applied per slot, so no two sessions share a last use;
+        // the expiry order is then the same on every replica.
+        if let Some(w) = by_use.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(corrupt(format!(
+                "clients {:x} and {:x} were both last used at slot {}",
+                w[0].1, w[1].1, w[0].0
+            )));
         }
 
         self.db = db;
         self.applied_upto = applied_upto;
-        by_slot.sort_unstable();
-        self.clients = clients;
-        self.by_slot = by_slot.into();
+        self.sessions = sessions;
+        self.by_use = by_use.into();
+        self.expired_upto = expired_upto;
         Ok(())
     }
 }

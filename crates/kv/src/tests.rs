@@ -31,6 +31,30 @@ fn cmd_entry(client_id: u64, seq: u64, cmd: &KvCommand) -> Entry {
     }
 }
 
+/// A request stamped `since`, as a server sends it.
+fn stamped(client_id: u64, seq: u64, since: Slot, cmd: &KvCommand) -> Entry {
+    Entry::Command {
+        id: RequestId { client_id, seq },
+        payload: KvRequest::new(since, cmd.clone()).encode(),
+    }
+}
+
+/// A request accepted now: stamped with the store's applied round.
+fn fresh(store: &KvStore, client_id: u64, seq: u64, cmd: &KvCommand) -> Entry {
+    stamped(client_id, seq, store.applied_upto(), cmd)
+}
+
+fn small(session_expiry_rounds: u64, max_sessions: usize) -> KvStore {
+    KvStore::new(KvOptions {
+        session_expiry_rounds,
+        max_sessions,
+    })
+}
+
+fn ex(source: &str) -> KvCommand {
+    KvCommand::exec(source).unwrap()
+}
+
 /// Applies at the next slot.
 fn run(store: &mut KvStore, entry: &Entry) -> ApplyOutput {
     let slot = store.applied_upto();
@@ -40,10 +64,8 @@ fn run(store: &mut KvStore, entry: &Entry) -> ApplyOutput {
 /// Runs a statement as a fresh client request.
 fn exec(store: &mut KvStore, source: &str) -> ApplyOutput {
     let client = 1_000_000 + store.applied_upto().0;
-    run(
-        store,
-        &cmd_entry(client, 1, &KvCommand::exec(source).unwrap()),
-    )
+    let entry = fresh(store, client, 1, &ex(source));
+    run(store, &entry)
 }
 
 fn exec_raw(store: &mut KvStore, source: &str) -> ApplyOutput {
@@ -51,7 +73,8 @@ fn exec_raw(store: &mut KvStore, source: &str) -> ApplyOutput {
     let cmd = KvCommand::Exec {
         source: source.into(),
     };
-    run(store, &cmd_entry(client, 1, &cmd))
+    let entry = fresh(store, client, 1, &cmd);
+    run(store, &entry)
 }
 
 fn kind(out: &ApplyOutput) -> Option<ErrorKind> {
@@ -395,6 +418,40 @@ fn encode_decode_roundtrip() {
     let mut trailing = cmds[0].encode().to_vec();
     trailing.push(0);
     assert!(KvCommand::decode(&trailing).is_err());
+}
+
+#[test]
+fn stamped_requests_roundtrip_and_old_payloads_still_decode() {
+    let cmd = KvCommand::cas("n", Some(&json!(1)), &json!(2)).unwrap();
+    for since in [Slot(0), Slot(1), Slot(300), Slot(u64::MAX)] {
+        let request = KvRequest::new(since, cmd.clone());
+        let payload = request.encode();
+        assert_eq!(payload[0], 0x40, "versioned wrapper");
+        assert_eq!(KvRequest::decode(&payload).unwrap(), request);
+        // `/fetch` and `/log` describe entries through `KvCommand::decode`.
+        assert_eq!(KvCommand::decode(&payload).unwrap(), cmd);
+        let mut trailing = payload.to_vec();
+        trailing.push(0);
+        assert!(KvRequest::decode(&trailing).is_err());
+        assert!(KvRequest::decode(&payload[..payload.len() - 1]).is_err());
+    }
+    // A payload from before stamps (the bytes `KvCommand::encode` still
+    // writes) is a request with `since = 0`.
+    let old = cmd.encode();
+    assert_eq!(old[0], 3, "postcard variant index of Cas");
+    assert_eq!(
+        KvRequest::decode(&old).unwrap(),
+        KvRequest::new(Slot::ZERO, cmd.clone())
+    );
+    assert!(KvRequest::decode(&[]).is_err());
+    assert!(KvRequest::decode(&[0x40]).is_err());
+    assert!(KvRequest::decode(&[0x41, 0, 0]).is_err(), "unknown version");
+    assert_eq!(
+        KvCommand::decode(&KvRequest::new(Slot(9), ex("a = 1")).encode())
+            .unwrap()
+            .describe(),
+        "a = 1"
+    );
 }
 
 #[test]
@@ -757,68 +814,273 @@ fn retry_returns_cached_output_and_does_not_apply_twice() {
 }
 
 #[test]
-fn dedup_eviction_is_windowed() {
-    let mut s = KvStore::new(KvOptions {
-        dedup_window_slots: 3,
-    });
-    exec(&mut s, "n = 0");
-    let inc = cmd_entry(1, 1, &KvCommand::exec("n += 1").unwrap());
+fn idle_sessions_expire_after_session_expiry_rounds() {
+    let mut s = small(3, 100);
+    exec(&mut s, "n = 0"); // slot 0
+    let inc = fresh(&s, 1, 1, &ex("n += 1"));
     let first = run(&mut s, &inc); // slot 1
     assert_eq!(first.slot, Slot(1));
     for _ in 0..3 {
         run(&mut s, &Entry::Noop); // slots 2, 3, 4: 1 + 3 >= slot, kept
     }
     assert_eq!(s.last_seq(1), Some(1));
-    let retry = run(&mut s, &inc); // slot 5: 1 + 3 < 5, evicted first
-    assert!(!retry.duplicate);
-    assert_eq!(s.get("n"), Some(&json!(2)));
-    // Many one-shot clients: the table stays bounded by the window.
+    assert_eq!(s.expired_upto(), Some(Slot(0)), "the slot-0 client expired");
+    // Slot 5: 1 + 3 < 5, so the session expires first. The retry carries
+    // its first attempt's stamp, so it is refused, not run again.
+    let retry = run(&mut s, &inc);
+    assert_eq!(kind(&retry), Some(ErrorKind::RequestExpired), "{retry:?}");
+    assert!(retry.duplicate);
+    assert_eq!(retry.original_slot, None);
+    assert_eq!(s.last_seq(1), None);
+    assert_eq!(s.expired_upto(), Some(Slot(1)));
+    assert_eq!(s.get("n"), Some(&json!(1)));
+    // Many one-shot clients: the table stays bounded by the expiry.
     for c in 100..200 {
-        run(&mut s, &cmd_entry(c, 1, &KvCommand::exec("x = 1").unwrap()));
-        assert!(s.dedup_len() <= 4, "{}", s.dedup_len());
+        let e = fresh(&s, c, 1, &ex("x = 1"));
+        assert!(!run(&mut s, &e).duplicate, "a new client runs");
+        assert!(s.session_count() <= 4, "{}", s.session_count());
     }
-    // Default window keeps everything for a while.
+    // The default expiry keeps everything for a while.
     let mut d = KvStore::default();
     for c in 0..50 {
-        run(&mut d, &cmd_entry(c, 1, &KvCommand::exec("x = 1").unwrap()));
+        let e = fresh(&d, c, 1, &ex("x = 1"));
+        run(&mut d, &e);
     }
-    assert_eq!(d.dedup_len(), 50);
+    assert_eq!(d.session_count(), 50);
+    assert_eq!(d.expired_upto(), None);
+}
+
+/// Issue 10: `c += 1` as (7, 1), then many writes of other clients, then the
+/// same request again. The old table (a 10-slot window here) had dropped the
+/// record and ran it a second time (`duplicate: false`, `c == 2`).
+#[test]
+fn an_expired_retry_is_refused_not_run_again() {
+    for (expiry_rounds, max_sessions) in [(10, 100_000), (1_000_000, 3)] {
+        let mut s = small(expiry_rounds, max_sessions);
+        exec(&mut s, "c = 0");
+        let inc = fresh(&s, 7, 1, &ex("c += 1"));
+        assert!(!run(&mut s, &inc).duplicate);
+        for client in 100..227 {
+            let other = fresh(&s, client, 1, &ex("x = 1"));
+            assert!(!run(&mut s, &other).duplicate);
+        }
+        // A server re-proposing it keeps the first stamp.
+        let retry = run(&mut s, &inc);
+        assert!(
+            retry.duplicate,
+            "the retry was executed again: {retry:?} ({expiry_rounds}, {max_sessions})"
+        );
+        assert_eq!(kind(&retry), Some(ErrorKind::RequestExpired));
+        let ApplyResult::Error { message, .. } = &retry.result else {
+            panic!("{retry:?}");
+        };
+        assert!(message.contains("not executed"), "{message}");
+        assert!(message.contains("new client id"), "{message}");
+        assert_eq!(s.get("c"), Some(&json!(1)), "c was incremented twice");
+        // The server can refuse it without the log too.
+        let id = RequestId {
+            client_id: 7,
+            seq: 1,
+        };
+        let since = KvRequest::decode(match &inc {
+            Entry::Command { payload, .. } => payload,
+            Entry::Noop => unreachable!(),
+        })
+        .unwrap()
+        .since;
+        let pre = s.precheck(id, since).expect("decided without the log");
+        assert_eq!(kind(&pre), Some(ErrorKind::RequestExpired));
+        // The client's next request has no session either: refused too.
+        let next = fresh(&s, 7, 2, &ex("c += 1"));
+        assert_eq!(kind(&run(&mut s, &next)), Some(ErrorKind::RequestExpired));
+        assert_eq!(s.get("c"), Some(&json!(1)));
+        // Under a new client id, it runs.
+        let renamed = fresh(&s, 8, 1, &ex("c += 1"));
+        assert!(!run(&mut s, &renamed).duplicate);
+        assert_eq!(s.get("c"), Some(&json!(2)));
+    }
+}
+
+#[test]
+fn a_duplicate_hit_refreshes_the_session() {
+    let mut s = small(10, 100);
+    exec(&mut s, "c = 0");
+    let inc = fresh(&s, 7, 1, &ex("c += 1"));
+    let first = run(&mut s, &inc);
+    for round in 0..20 {
+        for _ in 0..9 {
+            run(&mut s, &Entry::Noop);
+        }
+        // 10 rounds after the last use: still alive, and refreshed again.
+        let retry = run(&mut s, &inc);
+        assert!(retry.duplicate, "retry {round}: {retry:?}");
+        assert!(retry.is_ok(), "retry {round}: {retry:?}");
+        assert_eq!(retry.original_slot, Some(first.slot));
+    }
+    assert_eq!(s.get("c"), Some(&json!(1)));
+    // A stale seq touches the session as well.
+    let newer = fresh(&s, 7, 5, &ex("c += 1"));
+    run(&mut s, &newer);
+    for _ in 0..3 {
+        for _ in 0..9 {
+            run(&mut s, &Entry::Noop);
+        }
+        let stale = run(&mut s, &inc);
+        assert_eq!(kind(&stale), Some(ErrorKind::Stale));
+    }
+    assert_eq!(s.last_seq(7), Some(5));
+    assert_eq!(s.get("c"), Some(&json!(2)));
+    // Idle for 11 rounds: gone.
+    for _ in 0..11 {
+        run(&mut s, &Entry::Noop);
+    }
+    assert_eq!(s.last_seq(7), None);
+}
+
+#[test]
+fn beyond_max_sessions_the_least_recently_used_expires() {
+    let mut s = small(1_000_000, 3);
+    let (a, b, c, d) = (
+        fresh(&s, 1, 1, &ex("a = 1")),
+        fresh(&s, 2, 1, &ex("b = 1")),
+        fresh(&s, 3, 1, &ex("c = 1")),
+        fresh(&s, 4, 1, &ex("d = 1")),
+    );
+    run(&mut s, &a); // slot 0
+    run(&mut s, &b); // slot 1
+    run(&mut s, &c); // slot 2
+    assert!(run(&mut s, &a).duplicate); // slot 3: client 1 is now the most recent
+    assert_eq!(s.expired_upto(), None);
+    run(&mut s, &d); // slot 4: four sessions, client 2 was used least recently
+    assert_eq!(s.session_count(), 3);
+    assert_eq!(s.last_seq(2), None);
+    assert_eq!(s.last_seq(1), Some(1));
+    assert_eq!(s.expired_upto(), Some(Slot(1)));
+    let e = fresh(&s, 5, 1, &ex("e = 1"));
+    run(&mut s, &e); // slot 5: client 3 (last used at 2) goes
+    assert_eq!(s.last_seq(3), None);
+    assert_eq!(s.expired_upto(), Some(Slot(2)));
+    // Noops and refused requests open no session and evict nothing.
+    run(&mut s, &Entry::Noop);
+    assert_eq!(kind(&run(&mut s, &b)), Some(ErrorKind::RequestExpired));
+    assert_eq!(s.session_count(), 3);
+    assert_eq!(s.expired_upto(), Some(Slot(2)));
+    // A client stamped after everything that expired is new: it runs.
+    let f = fresh(&s, 6, 1, &ex("f = 1"));
+    assert!(!run(&mut s, &f).duplicate);
+    assert_eq!(s.last_seq(1), None, "client 1, last used at 3, went");
+    assert_eq!(s.expired_upto(), Some(Slot(3)));
+}
+
+#[test]
+fn unstamped_requests_count_as_stamped_at_zero() {
+    let mut s = small(2, 100);
+    let old = cmd_entry(1, 1, &ex("a = 1"));
+    assert!(!run(&mut s, &old).duplicate, "nothing expired yet: it runs");
+    for _ in 0..3 {
+        run(&mut s, &Entry::Noop);
+    }
+    assert_eq!(s.expired_upto(), Some(Slot(0)));
+    // Without a stamp the table cannot tell a new client from an old retry.
+    let new_client = cmd_entry(2, 1, &ex("a = 2"));
+    assert_eq!(
+        kind(&run(&mut s, &new_client)),
+        Some(ErrorKind::RequestExpired)
+    );
+    assert_eq!(s.get("a"), Some(&json!(1)));
+    // Undecodable payloads have no stamp either.
+    let junk = Entry::Command {
+        id: RequestId {
+            client_id: 3,
+            seq: 1,
+        },
+        payload: vec![0xff, 0xff].into(),
+    };
+    assert_eq!(kind(&run(&mut s, &junk)), Some(ErrorKind::RequestExpired));
+}
+
+#[test]
+fn precheck_answers_what_the_table_already_knows() {
+    let mut s = small(5, 100);
+    let put = fresh(&s, 9, 3, &KvCommand::put("k", &json!(1)).unwrap());
+    let first = run(&mut s, &put);
+    let id = |client_id, seq| RequestId { client_id, seq };
+    // Known duplicate: the cached answer.
+    let dup = s.precheck(id(9, 3), Slot(0)).expect("known");
+    assert!(dup.duplicate && dup.is_ok());
+    assert_eq!(dup.original_slot, Some(first.slot));
+    assert_eq!(Some(dup), s.answer_duplicate(id(9, 3)));
+    // Newer or older seq of a known client, and unknown clients while
+    // nothing expired: the log decides.
+    assert!(s.precheck(id(9, 4), Slot(0)).is_none());
+    assert!(s.precheck(id(9, 2), Slot(0)).is_none());
+    assert!(s.precheck(id(8, 1), Slot(0)).is_none());
+    assert!(s.precheck(id(8, 5), Slot(0)).is_none());
+    for _ in 0..10 {
+        run(&mut s, &Entry::Noop);
+    }
+    assert_eq!(s.expired_upto(), Some(first.slot));
+    // No session and stamped at or before the expiry: refused.
+    let expired = s.precheck(id(9, 3), first.slot).expect("expired");
+    assert_eq!(kind(&expired), Some(ErrorKind::RequestExpired));
+    assert_eq!(expired.slot, Slot(s.applied_upto().0 - 1));
+    assert!(s.precheck(id(8, 1), first.slot).is_some());
+    // Stamped after it: a new request, proposed. A higher seq without a
+    // session is left to the log (a lagging replica may lack the session).
+    assert!(s.precheck(id(8, 1), first.slot.next()).is_none());
+    assert!(s.precheck(id(8, 2), s.applied_upto()).is_none());
+    assert!(s.answer_duplicate(id(9, 3)).is_none());
+}
+
+#[test]
+fn the_use_queue_stays_bounded_by_the_sessions() {
+    let mut s = small(1_000_000, 1_000);
+    let idle = fresh(&s, 1, 1, &ex("a = 1"));
+    run(&mut s, &idle);
+    let busy = fresh(&s, 2, 1, &ex("b = 1"));
+    assert!(!run(&mut s, &busy).duplicate);
+    for _ in 0..10_000 {
+        // Each duplicate hit queues a use; the stale ones are dropped.
+        assert!(run(&mut s, &busy).duplicate);
+        assert!(s.use_queue_len() <= 2 * s.session_count() + 64 + 1);
+    }
+    assert_eq!(s.session_count(), 2);
+    assert_eq!(s.expired_upto(), None);
 }
 
 // ------------------------------------------------------------ snapshots
 
+/// A store whose state has sessions of every outcome and an expiry behind
+/// it.
 fn busy_store() -> KvStore {
-    let mut s = KvStore::new(KvOptions {
-        dedup_window_slots: 5,
-    });
-    for src in [
-        "li = []",
-        "li += [1, 2]",
-        "li += [3, 4]",
-        "i = 0",
-        "f = -0.0",
-        "u = 'ü\\n'",
-    ] {
+    let mut s = busy_options();
+    exec(&mut s, "li = []"); // slot 0
+    let cas = fresh(&s, 5, 9, &KvCommand::cas("c", None, &json!(1)).unwrap());
+    run(&mut s, &cas);
+    let put = fresh(
+        &s,
+        3,
+        4,
+        &KvCommand::put("p", &json!({"z": 1, "a": [1.5, null]})).unwrap(),
+    );
+    run(&mut s, &put);
+    let missing = fresh(&s, 4, 1, &ex("missing += [1]"));
+    run(&mut s, &missing);
+    for src in ["li += [1, 2]", "li += [3, 4]", "i = 0", "f = -0.0"] {
         exec(&mut s, src);
     }
-    run(&mut s, &Entry::Noop);
-    run(
-        &mut s,
-        &cmd_entry(
-            3,
-            4,
-            &KvCommand::put("p", &json!({"z": 1, "a": [1.5, null]})).unwrap(),
-        ),
-    );
-    run(
-        &mut s,
-        &cmd_entry(4, 1, &KvCommand::exec("missing += [1]").unwrap()),
-    );
-    run(
-        &mut s,
-        &cmd_entry(5, 9, &KvCommand::cas("c", None, &json!(1)).unwrap()),
-    );
+    assert!(run(&mut s, &cas).duplicate, "refreshes client 5");
+    run(&mut s, &Entry::Noop); // slot 9: the slot-0 client expires
+    exec(&mut s, "u = 'ü\\n'");
+    assert_eq!(s.expired_upto(), Some(Slot(0)));
+    assert_eq!(s.last_seq(5), Some(9));
+    assert_eq!(s.session_count(), 8);
     s
+}
+
+/// An empty store with `busy_store`'s options.
+fn busy_options() -> KvStore {
+    small(8, 8)
 }
 
 #[test]
@@ -826,21 +1088,46 @@ fn snapshot_restore_roundtrip() {
     let s = busy_store();
     let image = s.snapshot();
     assert_eq!(image[0], SNAPSHOT_VERSION);
-    let mut r = KvStore::new(KvOptions {
-        dedup_window_slots: 5,
-    });
+    let mut r = busy_options();
     exec(&mut r, "junk = 1");
     r.restore(&image).unwrap();
     assert_eq!(r, s);
+    assert_eq!(r.expired_upto(), s.expired_upto());
     assert_eq!(r.snapshot(), image);
     assert_eq!(r.get("junk"), None);
     // Restored dedup state still answers retries.
     let mut a = s.clone();
-    let retry = cmd_entry(5, 9, &KvCommand::cas("c", None, &json!(1)).unwrap());
+    let retry = stamped(
+        5,
+        9,
+        Slot(1),
+        &KvCommand::cas("c", None, &json!(1)).unwrap(),
+    );
     let (oa, or) = (run(&mut a, &retry), run(&mut r, &retry));
-    assert!(oa.duplicate);
+    assert!(oa.duplicate && oa.is_ok());
     assert_eq!(oa, or);
     assert_eq!(a.snapshot(), r.snapshot());
+    // ...and refuses what expired, and expires the same sessions next.
+    let expired = stamped(1_000_000, 1, Slot(0), &ex("li = 0"));
+    let (oa, or) = (run(&mut a, &expired), run(&mut r, &expired));
+    assert_eq!(kind(&oa), Some(ErrorKind::RequestExpired));
+    assert_eq!(oa, or);
+    for c in 50..60 {
+        let e = fresh(&a, c, 1, &ex("z = 1"));
+        assert_eq!(run(&mut a, &e), run(&mut r, &e));
+        assert_eq!(a, r);
+    }
+    assert_eq!(a.snapshot(), r.snapshot());
+    // A store configured for fewer sessions takes the image and trims it,
+    // least recently used first, at its next apply.
+    let mut fewer = small(8, 2);
+    fewer.restore(&image).unwrap();
+    assert_eq!(fewer.session_count(), 8);
+    run(&mut fewer, &Entry::Noop);
+    assert_eq!(fewer.session_count(), 2);
+    assert_eq!(fewer.last_seq(5), Some(9), "last used at slot 8, kept");
+    assert_eq!(fewer.last_seq(4), None, "last used at slot 3, gone");
+    assert_eq!(fewer.expired_upto(), Some(Slot(7)));
     // An empty store roundtrips too.
     let mut e = KvStore::default();
     e.restore(&KvStore::default().snapshot()).unwrap();
@@ -863,6 +1150,155 @@ fn restore_rejects_bad_images_without_changing_state() {
     long.push(0);
     assert!(matches!(r.restore(&long), Err(KvError::CorruptSnapshot(_))));
     assert_eq!(r, s);
+}
+
+/// An image written by the version-2 store (dedup records, 5-slot window):
+/// `c = 1` by client 5 seq 9, `p` by client 3 seq 4, a NameError by client
+/// 4 seq 1, records of one-shot clients 1000004 (slot 4) and 1000005 (slot
+/// 5); the records of 1000000..=1000003 (slots 0..=3) had expired.
+const V2_IMAGE_HEX: &str = "020a06016301310166042d302e3001690130026c69095b312c322c332c345d01\
+    70167b2261223a5b312e352c6e756c6c5d2c227a223a317d01750622c3bc5c6e2205030407000401080301\
+    05090901c4843d010400c5843d010500";
+
+fn v2_image() -> Vec<u8> {
+    (0..V2_IMAGE_HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&V2_IMAGE_HEX[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_version_2_image_restores_as_sessions() {
+    let mut s = small(6, 5);
+    s.restore(&v2_image()).unwrap();
+    assert_eq!(s.applied_upto(), Slot(10));
+    assert_eq!(
+        s.db_json(),
+        json!({"c":1,"f":-0.0,"i":0,"li":[1,2,3,4],"p":{"a":[1.5,null],"z":1},"u":"ü\n"})
+    );
+    assert_eq!(s.session_count(), 5);
+    assert_eq!(s.last_seq(5), Some(9));
+    assert_eq!(s.last_seq(3), Some(4));
+    // Version 2 had expired records; everything before the oldest kept one
+    // (slot 4) counts as expired.
+    assert_eq!(s.expired_upto(), Some(Slot(3)));
+    let cas = stamped(
+        5,
+        9,
+        Slot(0),
+        &KvCommand::cas("c", None, &json!(1)).unwrap(),
+    );
+    let dup = s
+        .precheck(
+            RequestId {
+                client_id: 5,
+                seq: 9,
+            },
+            Slot(0),
+        )
+        .unwrap();
+    assert!(dup.duplicate && dup.is_ok());
+    assert_eq!(dup.original_slot, Some(Slot(9)));
+    assert_eq!(
+        dup.result,
+        ApplyResult::Ok {
+            value: Some(json!({"succeeded": true}))
+        }
+    );
+    let name_error = s
+        .answer_duplicate(RequestId {
+            client_id: 4,
+            seq: 1,
+        })
+        .unwrap();
+    assert_eq!(kind(&name_error), Some(ErrorKind::NameError));
+    // A retry of an expired one-shot client is refused, not run again.
+    let gone = stamped(1_000_002, 1, Slot(0), &ex("i = 0"));
+    assert_eq!(kind(&run(&mut s, &gone)), Some(ErrorKind::RequestExpired));
+    assert!(run(&mut s, &cas).duplicate);
+    // The upgraded state is written as the current version and reads back.
+    let image = s.snapshot();
+    assert_eq!(image[0], SNAPSHOT_VERSION);
+    let mut r = small(6, 5);
+    r.restore(&image).unwrap();
+    assert_eq!(r, s);
+    // Corrupt version-2 images fail cleanly.
+    let v2 = v2_image();
+    for cut in 1..v2.len() {
+        assert!(r.restore(&v2[..cut]).is_err(), "truncated at {cut}");
+    }
+    assert_eq!(r, s);
+}
+
+#[test]
+fn restore_rejects_inconsistent_sessions() {
+    let s = busy_store();
+    let image = s.snapshot();
+    let mut r = busy_options();
+    r.restore(&image).unwrap();
+    // Re-encode the image with one field changed, through the same layout.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Image {
+        applied_upto: u64,
+        expired_upto: Option<u64>,
+        entries: Vec<(String, String)>,
+        sessions: Vec<(u64, u64, u64, u64, Outcome)>,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Outcome {
+        Ok,
+        CasSucceeded,
+        CasFailed,
+        Error(ErrorKind),
+    }
+    let body: Image = postcard::from_bytes(&image[1..]).unwrap();
+    let encode = |b: &Image| {
+        let mut out = vec![SNAPSHOT_VERSION];
+        out.extend(postcard::to_allocvec(b).unwrap());
+        out
+    };
+    assert_eq!(encode(&body), image, "the layout above is the image's");
+    let min_used = body.sessions.iter().map(|x| x.3).min().unwrap();
+    let broken: Vec<(&str, Image)> = vec![
+        (
+            "expired_upto at applied_upto",
+            Image {
+                expired_upto: Some(body.applied_upto),
+                ..postcard::from_bytes(&image[1..]).unwrap()
+            },
+        ),
+        (
+            "a session used at or before expired_upto",
+            Image {
+                expired_upto: Some(min_used),
+                ..postcard::from_bytes(&image[1..]).unwrap()
+            },
+        ),
+        ("ran after its last use", {
+            let mut b: Image = postcard::from_bytes(&image[1..]).unwrap();
+            b.sessions[0].2 = b.sessions[0].3 + 1;
+            b
+        }),
+        ("two sessions last used at one slot", {
+            let mut b: Image = postcard::from_bytes(&image[1..]).unwrap();
+            b.sessions[1].3 = b.sessions[0].3;
+            b.sessions[1].2 = b.sessions[1].2.min(b.sessions[1].3);
+            b
+        }),
+        ("unsorted clients", {
+            let mut b: Image = postcard::from_bytes(&image[1..]).unwrap();
+            b.sessions.swap(0, 1);
+            b
+        }),
+    ];
+    for (what, b) in broken {
+        let result = r.restore(&encode(&b));
+        assert!(
+            matches!(result, Err(KvError::CorruptSnapshot(_))),
+            "{what}: {result:?}"
+        );
+        assert_eq!(r, s, "{what}: state unchanged");
+    }
 }
 
 // ------------------------------------------------------------ properties
@@ -929,8 +1365,13 @@ proptest! {
     }
 
     #[test]
-    fn replicas_agree(entries in proptest::collection::vec(arb_entry(), 0..60), window in 0u64..8, cut in 0usize..60) {
-        let opts = KvOptions { dedup_window_slots: window };
+    fn replicas_agree(
+        entries in proptest::collection::vec(arb_entry(), 0..60),
+        window in 0u64..8,
+        max_sessions in 0usize..5,
+        cut in 0usize..60,
+    ) {
+        let opts = KvOptions { session_expiry_rounds: window, max_sessions };
         let (mut a, mut b) = (KvStore::new(opts), KvStore::new(opts));
         for (i, e) in entries.iter().enumerate() {
             if i == cut {
@@ -944,7 +1385,7 @@ proptest! {
             prop_assert_eq!(oa, ob);
         }
         prop_assert_eq!(a.snapshot(), b.snapshot());
-        prop_assert!(a.dedup_len() <= window as usize + 1);
+        prop_assert!(a.session_count() <= (window as usize + 1).min(max_sessions));
         let mut c = KvStore::new(opts);
         c.restore(&a.snapshot()).unwrap();
         prop_assert_eq!(&c, &a);
@@ -979,6 +1420,135 @@ proptest! {
     }
 }
 
+/// One step of a client population talking to the log through servers
+/// that re-propose and a network that delays and duplicates.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Client `c` sends its next request if it has none outstanding; the
+    /// accepting server stamps it with the current applied round.
+    Send(usize),
+    /// An attempt of client `c`'s outstanding request reaches the log.
+    Deliver(usize),
+    /// The `i`-th request ever sent reaches the log again (a late
+    /// re-proposal or a duplicated message), with its first stamp.
+    Replay(usize),
+    /// Other traffic: `n` no-ops.
+    Idle(u8),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0usize..6).prop_map(Step::Send),
+        3 => (0usize..6).prop_map(Step::Deliver),
+        2 => any::<usize>().prop_map(Step::Replay),
+        1 => (1u8..8).prop_map(Step::Idle),
+    ]
+}
+
+/// The list every request appends its own tag to: a second execution would
+/// show as a repeated tag.
+fn append(tag: u64) -> KvCommand {
+    KvCommand::exec(format!("log += [{tag}]")).unwrap()
+}
+
+proptest! {
+    #[test]
+    fn no_request_runs_twice(
+        steps in proptest::collection::vec(arb_step(), 0..200),
+        expiry_rounds in 1u64..12,
+        max_sessions in 1usize..5,
+        cut in 0usize..200,
+    ) {
+        let opts = KvOptions { session_expiry_rounds: expiry_rounds, max_sessions };
+        let (mut a, mut b) = (KvStore::new(opts), KvStore::new(opts));
+        let apply = |a: &mut KvStore, b: &mut KvStore, entry: &Entry| {
+            let slot = a.applied_upto();
+            let (oa, ob) = (a.apply(slot, entry), b.apply(slot, entry));
+            assert_eq!(&oa, &ob);
+            oa
+        };
+        apply(&mut a, &mut b, &stamped(u64::MAX, 1, Slot(0), &ex("log = []")));
+        // Per client slot: (client id, last seq, outstanding request).
+        let mut clients: Vec<(u64, u64, Option<usize>)> =
+            (0..6).map(|c| (c as u64 * 1000, 0, None)).collect();
+        // Every request sent: (id, its entry).
+        let mut sent: Vec<(RequestId, Entry)> = Vec::new();
+        let mut executed = std::collections::HashSet::new();
+        let mut expired_upto = None;
+        for (i, step) in steps.iter().enumerate() {
+            if i == cut {
+                // b restarts from its snapshot midway.
+                let image = b.snapshot();
+                b = KvStore::new(opts);
+                b.restore(&image).unwrap();
+            }
+            let outputs: Vec<(RequestId, ApplyOutput, bool)> = match *step {
+                Step::Send(c) => {
+                    let (client_id, seq, outstanding) = &mut clients[c];
+                    if outstanding.is_none() {
+                        *seq += 1;
+                        let id = RequestId { client_id: *client_id, seq: *seq };
+                        let entry = fresh(&a, id.client_id, id.seq, &append(id.client_id * 100 + id.seq));
+                        *outstanding = Some(sent.len());
+                        sent.push((id, entry));
+                    }
+                    Vec::new()
+                }
+                Step::Deliver(c) => match clients[c].2 {
+                    Some(k) => {
+                        let (id, entry) = sent[k].clone();
+                        vec![(id, apply(&mut a, &mut b, &entry), true)]
+                    }
+                    None => Vec::new(),
+                },
+                Step::Replay(k) if !sent.is_empty() => {
+                    let (id, entry) = sent[k % sent.len()].clone();
+                    vec![(id, apply(&mut a, &mut b, &entry), false)]
+                }
+                Step::Replay(_) => Vec::new(),
+                Step::Idle(n) => {
+                    for _ in 0..n {
+                        apply(&mut a, &mut b, &Entry::Noop);
+                    }
+                    Vec::new()
+                }
+            };
+            for (id, out, answers_client) in outputs {
+                if !out.duplicate {
+                    prop_assert!(out.is_ok(), "{out:?}");
+                    prop_assert!(executed.insert(id), "{id} ran twice: {out:?}");
+                }
+                if answers_client {
+                    let slot = clients
+                        .iter_mut()
+                        .find(|(client_id, _, _)| *client_id == id.client_id)
+                        .unwrap();
+                    slot.2 = None;
+                    if out.result.error_kind() == Some(ErrorKind::RequestExpired) {
+                        // As told: go on under a new client id.
+                        slot.0 += 1;
+                        slot.1 = 0;
+                    }
+                }
+            }
+            prop_assert!(a.expired_upto() >= expired_upto, "expired_upto went back");
+            expired_upto = a.expired_upto();
+            prop_assert!(a.session_count() <= max_sessions);
+        }
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(a.snapshot(), b.snapshot());
+        // The state agrees with the outputs: each executed tag once.
+        let Some(Value::Array(log)) = a.get("log") else {
+            panic!("no log: {:?}", a.get("log"));
+        };
+        let mut tags: Vec<u64> = log.iter().map(|v| v.as_u64().unwrap()).collect();
+        prop_assert_eq!(tags.len(), executed.len());
+        tags.sort_unstable();
+        tags.dedup();
+        prop_assert_eq!(tags.len(), executed.len());
+    }
+}
+
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -1001,10 +1571,10 @@ fn dedup_records_do_not_keep_request_values() {
     let mut s = KvStore::default();
     let big = json!("v".repeat(10_000));
     for client in 0..1000u64 {
-        let put = cmd_entry(client, 1, &KvCommand::put("k", &big).unwrap());
+        let put = fresh(&s, client, 1, &KvCommand::put("k", &big).unwrap());
         run(&mut s, &put);
     }
-    assert_eq!(s.dedup_len(), 1000);
+    assert_eq!(s.session_count(), 1000);
     // One 10 KB value in the db, 1000 dedup records of a few dozen bytes each
     // (a record keeping the previous value would add 10 KB apiece).
     let image = s.snapshot();

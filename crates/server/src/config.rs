@@ -69,6 +69,11 @@ pub struct NodeConfig {
     /// many rounds behind the highest chosen round it knows of.
     #[serde(default = "defaults::ready_max_lag_rounds")]
     pub ready_max_lag_rounds: u64,
+    /// Largest snapshot this replica saves, loads or accepts from a peer
+    /// (a snapshot is held in memory whole). Use the same value on every
+    /// replica: a snapshot above a replica's limit cannot be installed there.
+    #[serde(default = "defaults::max_snapshot_bytes")]
+    pub max_snapshot_bytes: u64,
 }
 
 mod defaults {
@@ -102,7 +107,14 @@ mod defaults {
     pub fn ready_max_lag_rounds() -> u64 {
         1_000
     }
+    pub fn max_snapshot_bytes() -> u64 {
+        paxlog_storage::DEFAULT_MAX_SNAPSHOT_BYTES
+    }
 }
+
+/// Smallest accepted `max_snapshot_bytes` (an empty store's image is a few
+/// bytes; below this a config typo would stop every snapshot).
+pub const MIN_SNAPSHOT_BYTES: u64 = 4096;
 
 impl NodeConfig {
     /// A configuration with every tunable at its default.
@@ -130,6 +142,7 @@ impl NodeConfig {
             read_token: None,
             http_peers: Vec::new(),
             ready_max_lag_rounds: defaults::ready_max_lag_rounds(),
+            max_snapshot_bytes: defaults::max_snapshot_bytes(),
         }
     }
 
@@ -198,6 +211,15 @@ impl NodeConfig {
             || self.max_pending_requests == 0
         {
             return fail("request_timeout_ms, max_body_bytes (>= 1024) and max_pending_requests must be positive".into());
+        }
+        if self.max_snapshot_bytes < MIN_SNAPSHOT_BYTES
+            || usize::try_from(self.max_snapshot_bytes).is_err()
+        {
+            return fail(format!(
+                "max_snapshot_bytes must be {MIN_SNAPSHOT_BYTES}..={} on this platform, got {}",
+                usize::MAX,
+                self.max_snapshot_bytes
+            ));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use paxlog_core::{
     DropReason, Entry, Event, Message, NodeId, Proposal, ProposeError, Replica, RequestId, Role,
     Slot, StateMachine, StatusReport,
 };
-use paxlog_kv::{ApplyOutput, ApplyResult, KvCommand, KvStore};
+use paxlog_kv::{ApplyOutput, ApplyResult, KvCommand, KvRequest, KvStore};
 use paxlog_storage::{SnapshotReceiver, SnapshotStore, Wal};
 use paxlog_transport::{Inbound, PeerStatus, TransportHandle};
 use serde::Serialize;
@@ -192,7 +192,8 @@ struct PendingWrite {
 /// pre-check must see every write acknowledged before it arrived.
 enum PendingRead {
     Read(ReadRequest),
-    Write(WriteRequest),
+    /// With its stamp (see `start_write`).
+    Write(WriteRequest, Slot),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -266,6 +267,60 @@ pub struct Driver {
     last_leader: Option<NodeId>,
     next_slow_publish: Instant,
     catch_up: Option<CatchUp>,
+    test_hooks: TestHooks,
+}
+
+/// How a turn began (see `run_turns`).
+enum TurnStart {
+    Client(DriverInput),
+    Peer(Inbound<Wire>),
+    Tick,
+}
+
+/// Fault hooks for real-process tests, off unless the environment asks.
+/// `PAXLOG_TEST_FSYNC_STALL_FILE=PATH` (relative to the data folder): when
+/// PATH exists at an fsync, the driver reads `STALL_MS [DEAF_MS]` from it,
+/// deletes it and blocks `STALL_MS` before syncing (a slow disk, without
+/// signals); then, for `DEAF_MS` more, it drops every peer message, those
+/// that queued during the stall included (as if cut off from the others
+/// since the stall began).
+struct TestHooks {
+    fsync_stall_file: Option<std::path::PathBuf>,
+    deaf_until: Option<Instant>,
+}
+
+impl TestHooks {
+    fn from_env(data_dir: &std::path::Path) -> TestHooks {
+        TestHooks {
+            fsync_stall_file: std::env::var_os("PAXLOG_TEST_FSYNC_STALL_FILE")
+                .map(|path| data_dir.join(path)),
+            deaf_until: None,
+        }
+    }
+
+    fn take_fsync_stall(&mut self) -> Option<Duration> {
+        let path = self.fsync_stall_file.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        let _ = std::fs::remove_file(path);
+        let mut numbers = text.split_whitespace().map(str::parse::<u64>);
+        let stall_ms = numbers.next()?.ok()?;
+        let deaf_ms = numbers.next().and_then(Result::ok).unwrap_or(0);
+        tracing::warn!(stall_ms, deaf_ms, "test hook: stalling this fsync");
+        let stall = Duration::from_millis(stall_ms);
+        self.deaf_until = Some(Instant::now() + stall + Duration::from_millis(deaf_ms));
+        Some(stall)
+    }
+
+    fn deaf_to_peers(&mut self) -> bool {
+        match self.deaf_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                self.deaf_until = None;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 impl Driver {
@@ -281,6 +336,7 @@ impl Driver {
         metrics: Arc<Metrics>,
     ) -> Driver {
         let reproposal_interval = Duration::from_millis(2 * cfg.tick_ms * cfg.election_ticks);
+        let test_hooks = TestHooks::from_env(&cfg.data_dir);
         Driver {
             reproposals: VecDeque::new(),
             reproposal_interval,
@@ -296,7 +352,7 @@ impl Driver {
             reads_awaiting_apply: BTreeMap::new(),
             read_retries: VecDeque::new(),
             reads_to_retry: HashMap::new(),
-            next_read_id: 1,
+            next_read_id: random_u64(),
             timeouts: BinaryHeap::new(),
             last_snapshot_round,
             incoming_snapshot: None,
@@ -307,6 +363,7 @@ impl Driver {
             last_leader: None,
             next_slow_publish: Instant::now(),
             catch_up: None,
+            test_hooks,
         }
     }
 
@@ -350,21 +407,34 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut peers_open = true;
         'outer: loop {
-            tokio::select! {
+            let first = tokio::select! {
                 biased;
                 input = inputs.recv() => match input {
-                    Some(input) => {
-                        if !self.handle(input)? {
-                            break 'outer;
-                        }
-                    }
+                    Some(input) => TurnStart::Client(input),
                     None => break 'outer,
                 },
                 inbound = peers.recv(), if peers_open => match inbound {
-                    Some(inbound) => self.on_peer(inbound.from, inbound.message)?,
-                    None => peers_open = false,
+                    Some(inbound) => TurnStart::Peer(inbound),
+                    None => {
+                        peers_open = false;
+                        continue;
+                    }
                 },
-                _ = ticker.tick() => self.on_tick(),
+                _ = ticker.tick() => TurnStart::Tick,
+            };
+            // Time first: after a stall (a slow fsync, SIGSTOP, a starved
+            // thread) the inputs that queued meanwhile must be judged at the
+            // real time, or a lease that expired during the stall would
+            // still look valid to the reads among them.
+            self.advance_clock();
+            match first {
+                TurnStart::Client(input) => {
+                    if !self.handle(input)? {
+                        break 'outer;
+                    }
+                }
+                TurnStart::Peer(inbound) => self.on_peer(inbound.from, inbound.message)?,
+                TurnStart::Tick => self.on_timers(),
             }
             // Take whatever else is queued into the same turn (one fsync).
             for _ in 0..MAX_INPUTS_PER_TURN {
@@ -415,10 +485,11 @@ impl Driver {
             }
             // 1. What needs no durability goes out now, so followers fsync
             // while we do; then our records become durable (one fsync).
-            let (durable_only, early): (Vec<_>, Vec<_>) = ready
-                .messages
+            let mut ready = ready;
+            let messages = std::mem::take(&mut ready.messages);
+            let (early, durable_only): (Vec<_>, Vec<_>) = messages
                 .into_iter()
-                .partition(|e| e.message.requires_durability());
+                .partition(|e| ready.may_send_before_sync(&e.message));
             for envelope in early {
                 self.transport
                     .send(envelope.to.0, Wire::Core(envelope.message));
@@ -438,6 +509,12 @@ impl Driver {
                 // acknowledgement to the client's answer.
                 let needs_sync = ready.persist.iter().any(|r| r.needs_sync());
                 let started = Instant::now();
+                if needs_sync {
+                    if let Some(stall) = self.test_hooks.take_fsync_stall() {
+                        // Test hook: a slow fdatasync (the thread blocks).
+                        std::thread::sleep(stall);
+                    }
+                }
                 self.wal
                     .append(&ready.persist)
                     .and_then(|()| {
@@ -559,9 +636,14 @@ impl Driver {
             )));
             return;
         }
+        // The stamp: this replica's applied round when it first took the
+        // request. Any earlier execution of the same request lies at or
+        // after it, so the store can tell a retry whose session expired
+        // from a new request (and refuses the former: it never runs twice).
+        let since = self.kv.applied_upto();
         // A retry of a request applied here already: answer from the dedup
         // table instead of taking another round.
-        if let Some(output) = self.kv.answer_duplicate(request.id) {
+        if let Some(output) = self.kv.precheck(request.id, since) {
             let _ = request.reply.send(Ok(output));
             return;
         }
@@ -573,21 +655,29 @@ impl Driver {
             let read_id = self.new_read_id();
             self.timeouts
                 .push(Reverse((request.deadline, TimeoutKey::Read(read_id))));
-            self.request_read_index(read_id, PendingRead::Write(request));
+            self.request_read_index(read_id, PendingRead::Write(request, since));
             return;
         }
-        self.check_and_propose(request);
+        self.check_and_propose(request, since);
     }
 
     /// Refuses what cannot succeed against the current state, so a type or
     /// name error never reaches the log (it can still fail at apply time if
     /// a concurrent write changes the state in between); proposes the rest.
-    fn check_and_propose(&mut self, request: WriteRequest) {
+    fn check_and_propose(&mut self, request: WriteRequest, since: Slot) {
         if self.writes.contains_key(&request.id) {
             let _ = request.reply.send(Err(ApiError::new(
                 409,
                 format!("request {} is already in flight", request.id),
             )));
+            return;
+        }
+        // Again after the barrier: an earlier attempt of this very request
+        // may have been applied while we waited, and the dry run below would
+        // then fail against the state it produced ("400, nothing written"
+        // for a command that did execute).
+        if let Some(output) = self.kv.precheck(request.id, since) {
+            let _ = request.reply.send(Ok(output));
             return;
         }
         if let Err(ApplyResult::Error { kind, message }) = self.kv.check(&request.command) {
@@ -602,7 +692,8 @@ impl Driver {
         self.writes.insert(
             id,
             PendingWrite {
-                payload: request.command.encode(),
+                // Re-proposals reuse this payload, stamp included.
+                payload: KvRequest::new(since, request.command).encode(),
                 reply: request.reply,
                 deadline: request.deadline,
             },
@@ -668,7 +759,7 @@ impl Driver {
     }
 
     fn new_read_id(&mut self) -> u64 {
-        self.next_read_id += 1;
+        self.next_read_id = self.next_read_id.wrapping_add(1);
         self.next_read_id
     }
 
@@ -696,7 +787,7 @@ impl Driver {
                     let answer = self.answer(&request.query);
                     let _ = request.reply.send(answer);
                 }
-                PendingRead::Write(request) => self.check_and_propose(request),
+                PendingRead::Write(request, since) => self.check_and_propose(request, since),
             }
         }
     }
@@ -891,19 +982,23 @@ impl Driver {
 
     // ----- time ------------------------------------------------------------
 
-    fn on_tick(&mut self) {
-        // The core's clock follows the monotonic clock, not the number of
-        // timer wake-ups: after a stall (SIGSTOP, a starved thread) the
-        // replica catches up, so its timeouts never run slow. A long stall
-        // is capped: by then every lease and election timer has expired.
-        let now = Instant::now();
-        let due = (now.duration_since(self.started).as_millis() as u64) / self.cfg.tick_ms.max(1);
+    /// Brings the core's clock up to the monotonic clock. It follows real
+    /// time, not the number of timer wake-ups: after a stall the replica
+    /// catches up, so its timeouts never run slow. A long stall is capped:
+    /// by then every lease and election timer has expired.
+    fn advance_clock(&mut self) {
+        let due = (self.started.elapsed().as_millis() as u64) / self.cfg.tick_ms.max(1);
         let behind = due.saturating_sub(self.ticks_done);
         let cap = 4 * self.cfg.election_ticks.max(1);
         for _ in 0..behind.min(cap) {
             self.replica.tick();
         }
         self.ticks_done = due.max(self.ticks_done);
+    }
+
+    /// Retries, re-proposals, deadlines and snapshot-transfer stalls.
+    fn on_timers(&mut self) {
+        let now = Instant::now();
         while let Some(&(at, id)) = self.write_retries.front() {
             if at > now {
                 break;
@@ -957,8 +1052,10 @@ impl Driver {
                     let _ = write.reply.send(Err(ApiError::new(
                         503,
                         format!(
-                            "{reason}; the command may still be applied later. Retrying with the same \
-                             x-paxlog-client-id and x-paxlog-request-seq is safe (request {id})"
+                            "{reason}; the command may still be applied later. A retry with the same \
+                             x-paxlog-client-id and x-paxlog-request-seq never runs it twice: it is \
+                             answered with the first execution's outcome, or 409 request_expired if \
+                             this client's session has expired (request {id})"
                         ),
                     )));
                 }
@@ -992,7 +1089,7 @@ impl Driver {
                             current_round: Some(current_round),
                         }));
                     }
-                    Some(PendingRead::Write(request)) => {
+                    Some(PendingRead::Write(request, _)) => {
                         let _ = request.reply.send(Err(ApiError::new(
                             503,
                             "no leader reachable with a quorum: the command was not written",
@@ -1020,7 +1117,7 @@ impl Driver {
                 PendingRead::Read(request) => {
                     let _ = request.reply.send(Err(ApiError::new(503, reason)));
                 }
-                PendingRead::Write(request) => {
+                PendingRead::Write(request, _) => {
                     let _ = request.reply.send(Err(ApiError::new(503, reason)));
                 }
             }
@@ -1039,11 +1136,13 @@ impl Driver {
         self.snapshots
             .save(Slot(applied), &image)
             .map_err(|e| format!("snapshot failed: {e}"))?;
+        // Read back and verified before anything older goes, and before
+        // the log it replaces is dropped.
+        self.snapshots
+            .retire_older(Slot(applied))
+            .map_err(|e| format!("snapshot {applied} failed read-back verification: {e}"))?;
         self.replica.compact(Slot(applied));
-        let removed = self
-            .wal
-            .compact(Slot(applied))
-            .map_err(|e| format!("log compaction failed: {e}"))?;
+        let removed = self.compact_wal_to_oldest_snapshot()?;
         self.last_snapshot_round = applied;
         let elapsed = started.elapsed();
         self.metrics.snapshots.inc();
@@ -1060,6 +1159,26 @@ impl Driver {
             "snapshot taken, log compacted"
         );
         Ok(())
+    }
+
+    /// Drops WAL segments below the OLDEST snapshot kept, not the newest:
+    /// if the newest turns out unreadable at a restart, recovery falls back
+    /// to the older one and replays the log from there, with every promise
+    /// and accept this replica made since still on disk (nothing forgotten).
+    fn compact_wal_to_oldest_snapshot(&mut self) -> Result<Vec<std::path::PathBuf>, String> {
+        let oldest = self
+            .snapshots
+            .list()
+            .map_err(|e| format!("cannot list snapshots: {e}"))?
+            .first()
+            .map(|(slot, _)| *slot);
+        match oldest {
+            Some(slot) => self
+                .wal
+                .compact(slot)
+                .map_err(|e| format!("log compaction failed: {e}")),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn request_snapshot(&mut self, from: NodeId, log_start: Slot) {
@@ -1103,6 +1222,9 @@ impl Driver {
     }
 
     fn on_peer(&mut self, from: u32, wire: Wire) -> Result<(), String> {
+        if self.test_hooks.deaf_to_peers() {
+            return Ok(());
+        }
         match wire {
             Wire::Core(message) => self.on_core_message(from, message),
             Wire::SnapshotRequest { log_start, offset } => {
@@ -1196,10 +1318,16 @@ impl Driver {
             return Ok(());
         }
         if incoming.log_start != Some(log_start) || incoming.receiver.is_none() {
-            let receiver = self
-                .snapshots
-                .receiver(log_start, total_len, total_crc)
-                .map_err(|e| format!("cannot receive snapshot: {e}"))?;
+            let receiver = match self.snapshots.receiver(log_start, total_len, total_crc) {
+                Ok(receiver) => receiver,
+                Err(e) => {
+                    // E.g. a size over max_snapshot_bytes: refuse this
+                    // transfer, keep serving (a later one may fit).
+                    tracing::warn!(node = self.cfg.id, peer = from, error = %e, "cannot receive snapshot");
+                    self.abandon_snapshot_transfer();
+                    return Ok(());
+                }
+            };
             incoming.log_start = Some(log_start);
             incoming.receiver = Some(receiver);
         }
@@ -1244,23 +1372,43 @@ impl Driver {
             .load(slot)
             .map_err(|e| format!("cannot read received snapshot {}: {e}", path.display()))?;
         let mut restored = KvStore::new(self.kv.options());
-        if let Err(e) = restored.restore(&image) {
-            tracing::warn!(node = self.cfg.id, error = %e, "received snapshot does not restore");
-            return Ok(());
-        }
-        if restored.applied_upto() != slot {
+        let refused = match restored.restore(&image) {
+            Err(e) => Some(format!("it does not restore: {e}")),
+            Ok(()) if restored.applied_upto() != slot => {
+                Some("it covers another round than announced".to_string())
+            }
+            Ok(()) => None,
+        };
+        if let Some(reason) = refused {
             tracing::warn!(
                 node = self.cfg.id,
-                "received snapshot covers another round than announced"
+                round = slot.0,
+                "received snapshot refused: {reason}"
             );
+            // Not left as the newest snapshot for a restart to trip on.
+            if let Err(e) = self.snapshots.discard(slot) {
+                tracing::warn!(node = self.cfg.id, error = %e, "cannot delete the refused snapshot");
+            }
             return Ok(());
         }
         let previous_round = self.kv.applied_upto().0;
+        // The core first: it refuses a snapshot that is not ahead of what it
+        // has handed out, and drops the applies the snapshot covers, so the
+        // store is swapped only when the two agree.
+        if !self.replica.install_snapshot(slot) {
+            tracing::info!(
+                node = self.cfg.id,
+                round = slot.0,
+                "received snapshot is not ahead of this replica: not installed"
+            );
+            return Ok(());
+        }
         self.kv = restored;
-        self.replica.install_snapshot(slot);
-        self.wal
-            .compact(slot)
-            .map_err(|e| format!("log compaction failed: {e}"))?;
+        // Restored: now the older snapshots may go (keeping one fallback).
+        if let Err(e) = self.snapshots.retire_older(slot) {
+            tracing::warn!(node = self.cfg.id, error = %e, "cannot retire older snapshots");
+        }
+        self.compact_wal_to_oldest_snapshot()?;
         self.last_snapshot_round = slot.0;
         self.metrics.snapshot_installs.inc();
         self.metrics
@@ -1285,6 +1433,20 @@ impl Driver {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// A random 64-bit value from the OS-seeded hasher keys. Read ids start
+/// here, so a leader's reply meant for this replica's previous incarnation
+/// (still in flight after a restart) matches no read of this one.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// The highest chosen round a peer's message tells of, if any.

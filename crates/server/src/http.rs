@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use paxlog_core::RequestId;
-use paxlog_kv::{ApplyOutput, ApplyResult, KvCommand};
+use paxlog_kv::{ApplyOutput, ApplyResult, ErrorKind, KvCommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::hash_map::RandomState;
@@ -355,6 +355,16 @@ fn round_of(output: &ApplyOutput) -> u64 {
     output.original_slot.unwrap_or(output.slot).0
 }
 
+/// The HTTP status of a command that failed at apply time: 409 when its
+/// client's session expired (retrying cannot help: the client must go on
+/// under a new id), 400 otherwise.
+fn kind_status(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::RequestExpired => 409,
+        _ => 400,
+    }
+}
+
 fn command_response(command: &str, output: ApplyOutput) -> Response {
     let round_id = round_of(&output);
     match output.result {
@@ -366,7 +376,7 @@ fn command_response(command: &str, output: ApplyOutput) -> Response {
         }))
         .into_response(),
         ApplyResult::Error { kind, message } => error_with(
-            400,
+            kind_status(kind),
             format!("{}: {message}", kind_name(&kind)),
             json!({ "round_id": round_id, "command": command, "kind": kind }),
         ),
@@ -658,7 +668,7 @@ fn write_response(key: &str, output: ApplyOutput) -> Response {
             Json(body).into_response()
         }
         ApplyResult::Error { kind, message } => error_with(
-            400,
+            kind_status(kind),
             format!("{}: {message}", kind_name(&kind)),
             json!({ "key": key, "round_id": round_id, "kind": kind }),
         ),

@@ -15,9 +15,9 @@ pub use config::NodeConfig;
 pub use error::ServerError;
 
 use driver::{Driver, DriverInput};
-use paxlog_core::{Config as CoreConfig, NodeId, Replica, StateMachine};
+use paxlog_core::{Config as CoreConfig, DurableState, NodeId, Replica, StateMachine};
 use paxlog_kv::{KvOptions, KvStore};
-use paxlog_storage::{DataDir, WalOptions};
+use paxlog_storage::{DataDir, Recovery, SnapshotStore, Wal, WalOptions};
 use paxlog_transport::{Transport, TransportConfig};
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -38,26 +38,20 @@ pub async fn run_node(
 ) -> Result<(), ServerError> {
     cfg.validate()?;
     let recovery_started = Instant::now();
+    // Holds the data directory's lock until the node stops.
     let data_dir = DataDir::open_or_init(&cfg.data_dir, &cfg.cluster_id, cfg.id)?;
-    let recovery = data_dir.recover(WalOptions::default())?;
-    for repair in &recovery.recovered.repairs {
-        tracing::warn!(node = cfg.id, %repair, "repaired the write-ahead log on start");
-    }
-    let mut kv = KvStore::new(KvOptions::default());
-    let mut last_snapshot_round = 0;
-    if let Some((slot, image)) = &recovery.snapshot {
-        kv.restore(image).map_err(|source| ServerError::Snapshot {
-            path: recovery.snapshots.path_for(*slot),
-            source,
-        })?;
-        last_snapshot_round = slot.0;
-    }
+    let metrics = Arc::new(metrics::Metrics::new(cfg.id));
+    let Restored {
+        kv,
+        last_snapshot_round,
+        wal,
+        snapshots,
+        durable,
+    } = recover_replica(&cfg, &data_dir, &metrics)?;
     tracing::info!(
         node = cfg.id,
         snapshot_round = last_snapshot_round,
-        wal_records = recovery.recovered.records,
-        repairs = recovery.recovered.repairs.len(),
-        promised = %recovery.recovered.state.promised,
+        promised = %durable.promised,
         ms = recovery_started.elapsed().as_millis() as u64,
         "recovered from {}",
         cfg.data_dir.display()
@@ -67,7 +61,7 @@ pub async fn run_node(
     core_cfg.heartbeat_interval_ticks = cfg.heartbeat_ticks;
     core_cfg.election_timeout_ticks = cfg.election_ticks;
     let seed = RandomState::new().build_hasher().finish();
-    let replica = Replica::new(core_cfg, recovery.recovered.state, seed);
+    let replica = Replica::new(core_cfg, durable, seed);
 
     let peers = cfg
         .peers
@@ -115,13 +109,12 @@ pub async fn run_node(
     // straight from the transport's (no task in between).
     let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
 
-    let metrics = Arc::new(metrics::Metrics::new(cfg.id));
     let driver = Driver::new(
         cfg.clone(),
         replica,
         kv,
-        recovery.wal,
-        recovery.snapshots,
+        wal,
+        snapshots,
         transport.clone(),
         last_snapshot_round,
         metrics.clone(),
@@ -205,6 +198,89 @@ pub async fn run_node(
     outcome
 }
 
+/// What startup recovered from the data directory, for the driver.
+struct Restored {
+    kv: KvStore,
+    last_snapshot_round: u64,
+    wal: Wal,
+    snapshots: SnapshotStore,
+    durable: DurableState,
+}
+
+/// Restores the state machine from the newest snapshot it accepts and
+/// replays the WAL. A snapshot that does not restore (checksum good, content
+/// bad) or covers other rounds than its name says is skipped like a corrupt
+/// one: each skipped file is logged and counted in `snapshot_fallbacks`.
+fn recover_replica(
+    cfg: &NodeConfig,
+    data_dir: &DataDir,
+    metrics: &metrics::Metrics,
+) -> Result<Restored, ServerError> {
+    let mut restored_kv = None;
+    let recovery = data_dir.recover_with(
+        WalOptions::default(),
+        cfg.max_snapshot_bytes,
+        |slot, image| {
+            let mut kv = KvStore::new(KvOptions::default());
+            kv.restore(image)
+                .map_err(|e| format!("the state machine cannot restore it: {e}"))?;
+            if kv.applied_upto() != slot {
+                return Err(format!(
+                    "its image covers the rounds below {}, not below {slot} as its name says",
+                    kv.applied_upto()
+                ));
+            }
+            restored_kv = Some(kv);
+            Ok(())
+        },
+    )?;
+    let Recovery {
+        wal,
+        snapshots,
+        snapshot,
+        recovered,
+        skipped,
+        wal_may_lack_below,
+    } = recovery;
+    for repair in &recovered.repairs {
+        tracing::warn!(node = cfg.id, %repair, "repaired the write-ahead log on start");
+    }
+    for bad in &skipped {
+        metrics.snapshot_fallbacks.inc();
+        tracing::warn!(
+            node = cfg.id,
+            file = %bad.path.display(),
+            reason = %bad.reason,
+            "skipped an unusable snapshot; falling back to an older one"
+        );
+    }
+    // The image itself was only needed to restore `restored_kv`.
+    let last_snapshot_round = snapshot.map_or(0, |(slot, _)| slot.0);
+    let kv = restored_kv.unwrap_or_else(|| KvStore::new(KvOptions::default()));
+    if let Some(floor) = wal_may_lack_below {
+        return Err(ServerError::ForgottenState {
+            dir: cfg.data_dir.clone(),
+            snapshot_round: last_snapshot_round,
+            compacted_round: floor.0,
+        });
+    }
+    tracing::info!(
+        node = cfg.id,
+        snapshot_round = last_snapshot_round,
+        skipped_snapshots = skipped.len(),
+        wal_records = recovered.records,
+        repairs = recovered.repairs.len(),
+        "replayed the write-ahead log"
+    );
+    Ok(Restored {
+        kv,
+        last_snapshot_round,
+        wal,
+        snapshots,
+        durable: recovered.state,
+    })
+}
+
 /// Reads the TLS certificate, key and CA files, if configured.
 #[allow(clippy::type_complexity)]
 fn load_tls_files(cfg: &NodeConfig) -> Result<Option<(Vec<u8>, Vec<u8>, Vec<u8>)>, ServerError> {
@@ -216,4 +292,84 @@ fn load_tls_files(cfg: &NodeConfig) -> Result<Option<(Vec<u8>, Vec<u8>, Vec<u8>)
             .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))
     };
     Ok(Some((read(cert)?, read(key)?, read(ca)?)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use paxlog_core::{Entry, Slot};
+
+    /// A state machine image covering the rounds below `rounds` (no-ops).
+    fn kv_image(rounds: u64) -> Vec<u8> {
+        let mut kv = KvStore::new(KvOptions::default());
+        for s in 0..rounds {
+            kv.apply(Slot(s), &Entry::Noop);
+        }
+        kv.snapshot()
+    }
+
+    #[test]
+    fn startup_falls_back_past_snapshots_that_do_not_restore() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let cfg = NodeConfig::new(0, vec![addr(1)], addr(2), tmp.path().to_path_buf());
+        let data_dir = DataDir::open_or_init(&cfg.data_dir, &cfg.cluster_id, cfg.id).unwrap();
+        // The log was never compacted (its first segment is there), so
+        // falling back to any snapshot forgets nothing.
+        drop(
+            data_dir
+                .open_wal(Slot::ZERO, WalOptions::default())
+                .unwrap(),
+        );
+        let store = data_dir.snapshots().unwrap();
+        store.save(Slot(10), &kv_image(10)).unwrap();
+        // Checksums good, content bad: undecodable, then the wrong rounds.
+        store.save(Slot(20), b"\x01not a kv image").unwrap();
+        store.save(Slot(30), &kv_image(29)).unwrap();
+        let metrics = metrics::Metrics::new(0);
+        let restored = recover_replica(&cfg, &data_dir, &metrics).unwrap();
+        assert_eq!(restored.last_snapshot_round, 10);
+        assert_eq!(restored.kv.applied_upto(), Slot(10));
+        assert_eq!(restored.durable.log_start, Slot(10));
+        assert_eq!(metrics.snapshot_fallbacks.get(), 2);
+        assert!(metrics
+            .encode()
+            .unwrap()
+            .contains("paxlog_snapshot_fallbacks_total{node=\"0\"} 2"));
+    }
+
+    #[test]
+    fn startup_refuses_a_fallback_past_the_compacted_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let cfg = NodeConfig::new(0, vec![addr(1)], addr(2), tmp.path().to_path_buf());
+        let data_dir = DataDir::open_or_init(&cfg.data_dir, &cfg.cluster_id, cfg.id).unwrap();
+        let store = data_dir.snapshots().unwrap();
+        store.save(Slot(10), &kv_image(10)).unwrap();
+        store.save(Slot(30), b"\x01not a kv image").unwrap();
+        // The log was cut below round 30 (as an older version did, right
+        // after each snapshot): the accepts for rounds 10..30 are gone.
+        let (mut wal, _) = data_dir
+            .open_wal(Slot::ZERO, WalOptions::default())
+            .unwrap();
+        wal.compact(Slot(30)).unwrap();
+        drop(wal);
+        std::fs::write(tmp.path().join(paxlog_storage::WAL_FLOOR_FILE), "30").unwrap();
+        let metrics = metrics::Metrics::new(0);
+        let error = recover_replica(&cfg, &data_dir, &metrics)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                error,
+                ServerError::ForgottenState {
+                    snapshot_round: 10,
+                    compacted_round: 30,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
 }

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub snapshot_seconds: Histogram,
     pub snapshots: Counter,
     pub snapshot_installs: Counter,
+    /// Snapshots passed over on start because they were unusable (corrupt,
+    /// unreadable, too large, or not restorable): one per skipped file.
+    pub snapshot_fallbacks: Counter,
     /// What `/health`, `/ready` and the dashboard read.
     pub published: Published,
 }
@@ -304,6 +307,12 @@ impl Metrics {
             "Snapshots received from a peer and installed",
             snapshot_installs.clone(),
         );
+        let snapshot_fallbacks = Counter::default();
+        registry.register(
+            "snapshot_fallbacks",
+            "Unusable snapshots skipped on start (recovery fell back to an older one)",
+            snapshot_fallbacks.clone(),
+        );
         Metrics {
             registry,
             proposals,
@@ -321,6 +330,7 @@ impl Metrics {
             snapshot_seconds,
             snapshots,
             snapshot_installs,
+            snapshot_fallbacks,
             published: Published::default(),
         }
     }
@@ -434,6 +444,7 @@ mod tests {
             "paxlog_snapshot_duration_seconds_bucket",
             "paxlog_snapshots_total",
             "paxlog_snapshot_installs_total",
+            "paxlog_snapshot_fallbacks_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

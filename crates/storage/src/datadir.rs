@@ -3,8 +3,10 @@
 
 use crate::error::{io_err, Result, StorageError};
 use crate::format::{classify_wal_name, sync_dir, WalName};
-use crate::snapshot::SnapshotStore;
-use crate::wal::{Recovered, Wal, WalOptions};
+use crate::snapshot::{
+    describe_skipped, SkippedSnapshot, SnapshotStore, DEFAULT_MAX_SNAPSHOT_BYTES,
+};
+use crate::wal::{list_segments, Recovered, Wal, WalOptions};
 use paxlog_core::Slot;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -36,10 +38,18 @@ pub struct DataDir {
 pub struct Recovery {
     pub wal: Wal,
     pub snapshots: SnapshotStore,
-    /// The newest snapshot `(log_start, image)`, if any. Restore the state
-    /// machine from it before applying `recovered.state.chosen`.
+    /// The newest usable snapshot `(log_start, image)`, if any. Restore the
+    /// state machine from it before applying `recovered.state.chosen`.
     pub snapshot: Option<(Slot, Vec<u8>)>,
     pub recovered: Recovered,
+    /// Newer snapshots that were unusable (corrupt, unreadable, too large,
+    /// or refused by the caller's check), newest first: recovery fell back
+    /// past them. Log each one.
+    pub skipped: Vec<SkippedSnapshot>,
+    /// `Some(floor)` after a fallback past a compacted log: rounds from
+    /// `snapshot`'s `log_start` up to `floor` may be missing from the WAL.
+    /// They are chosen; the replica relearns them from its peers.
+    pub wal_may_lack_below: Option<Slot>,
 }
 
 fn classify_open_error(path: &Path, e: io::Error) -> StorageError {
@@ -198,7 +208,7 @@ impl DataDir {
         &self.meta
     }
 
-    /// The snapshot store (same directory).
+    /// The snapshot store (same directory), with the default size limit.
     pub fn snapshots(&self) -> Result<SnapshotStore> {
         SnapshotStore::open(&self.path)
     }
@@ -208,18 +218,73 @@ impl DataDir {
         Wal::open(&self.path, log_start, opts)
     }
 
-    /// The whole restart sequence: load the newest snapshot, then open the
-    /// WAL replaying from the snapshot's `log_start`.
+    /// [`recover_with`](Self::recover_with) with the default snapshot size
+    /// limit and no check of the image beyond its checksum.
     pub fn recover(&self, opts: WalOptions) -> Result<Recovery> {
-        let snapshots = self.snapshots()?;
-        let snapshot = snapshots.load_latest()?;
-        let log_start = snapshot.as_ref().map_or(Slot::ZERO, |(s, _)| *s);
-        let (wal, recovered) = self.open_wal(log_start, opts)?;
+        self.recover_with(opts, DEFAULT_MAX_SNAPSHOT_BYTES, |_, _| Ok(()))
+    }
+
+    /// The whole restart sequence: load the newest usable snapshot, then
+    /// open the WAL replaying from the snapshot's `log_start`.
+    ///
+    /// Snapshots are tried newest first; one that is corrupt, unreadable,
+    /// larger than `max_snapshot_bytes` or refused by `accept(log_start,
+    /// image)` (e.g. the state machine cannot restore it) is skipped and
+    /// listed in [`Recovery::skipped`]. If snapshots exist but none is
+    /// usable, recovery starts from round 0 only if the WAL still holds
+    /// everything ever written (its first segment was never compacted);
+    /// otherwise it fails naming every file.
+    pub fn recover_with(
+        &self,
+        opts: WalOptions,
+        max_snapshot_bytes: u64,
+        accept: impl FnMut(Slot, &[u8]) -> std::result::Result<(), String>,
+    ) -> Result<Recovery> {
+        let snapshots = SnapshotStore::open_with_limit(&self.path, max_snapshot_bytes)?;
+        // The newest snapshot file, usable or not, bounds how far the WAL
+        // may have been compacted (compaction follows a durable snapshot, and
+        // retention never deletes a snapshot newer than a verified one).
+        let newest_file = snapshots.list()?.last().map(|(s, _)| *s);
+        let latest = snapshots.load_newest_usable(accept)?;
+        let (segments, _) = list_segments(&self.path)?;
+        // Segment 1 still present: nothing was ever compacted away.
+        let wal_complete = segments.first().is_some_and(|(seq, _)| *seq == 1);
+        let log_start = latest.snapshot.as_ref().map_or(Slot::ZERO, |(s, _)| *s);
+        if latest.snapshot.is_none() && !latest.skipped.is_empty() && !wal_complete {
+            let wal_start = match segments.first() {
+                Some((_, path)) => format!(
+                    "the WAL starts at {} (older segments were compacted away)",
+                    path.display()
+                ),
+                None => "there is no WAL".to_string(),
+            };
+            return Err(StorageError::NoUsableSnapshot {
+                dir: self.path.clone(),
+                skipped: describe_skipped(&latest.skipped),
+                consequence: format!(
+                    "{wal_start}, so it does not reach back to round 0 and starting empty would \
+                     lose chosen rounds; restore the snapshot or rebuild this replica from its peers"
+                ),
+            });
+        }
+        // How far the log may lack records: the recorded compaction floor,
+        // or, for a folder compacted before that was recorded, the newest
+        // snapshot file (compaction then followed the newest snapshot).
+        let floor = match crate::wal::read_wal_floor(&self.path)? {
+            Some(recorded) => recorded.max(log_start),
+            None => match newest_file {
+                Some(newest) if !wal_complete && newest > log_start => newest,
+                _ => log_start,
+            },
+        };
+        let (wal, recovered) = Wal::open_with_floor(&self.path, log_start, floor, opts)?;
         Ok(Recovery {
             wal,
             snapshots,
-            snapshot,
+            snapshot: latest.snapshot,
             recovered,
+            skipped: latest.skipped,
+            wal_may_lack_below: (floor > log_start).then_some(floor),
         })
     }
 }

@@ -69,6 +69,19 @@ pub enum StorageError {
     CorruptSnapshot { path: PathBuf, reason: String },
     #[error("no snapshot with log_start {log_start} in {}", .dir.display())]
     SnapshotNotFound { dir: PathBuf, log_start: u64 },
+    #[error("snapshot {}: a body of {len_bytes} bytes exceeds max_snapshot_bytes ({max_bytes} bytes)", .path.display())]
+    SnapshotTooLarge {
+        path: PathBuf,
+        len_bytes: u64,
+        max_bytes: u64,
+    },
+    #[error("no usable snapshot in {}: {skipped}; {consequence}", .dir.display())]
+    NoUsableSnapshot {
+        dir: PathBuf,
+        /// Every snapshot file tried, newest first, with why it was unusable.
+        skipped: String,
+        consequence: String,
+    },
     #[error("snapshot transfer into {}: {reason}", .path.display())]
     Transfer { path: PathBuf, reason: String },
     #[error("invalid argument: {0}")]

@@ -4,7 +4,7 @@ use crate::datadir::{read_metadata, Metadata};
 use crate::error::{Result, StorageError};
 use crate::format::{read_file, scan_segment, Tail};
 use crate::snapshot::{list_snapshots, verify_snapshot_file};
-use crate::wal::{check_contiguous, list_segments};
+use crate::wal::{check_contiguous, list_segments, replay_above_floor};
 use paxlog_core::{Ballot, DurableState, PersistRecord, Slot};
 use serde::Serialize;
 use std::fmt;
@@ -47,7 +47,8 @@ pub struct InspectReport {
     pub metadata_error: Option<String>,
     pub snapshots: Vec<SnapshotReport>,
     pub segments: Vec<SegmentReport>,
-    /// `log_start` of the newest valid snapshot (replay starts there).
+    /// `log_start` of the newest valid snapshot (replay starts there;
+    /// recovery falls back past corrupt newer ones).
     pub log_start: Slot,
     /// Last `Promised` record read (before any corruption).
     pub last_promised: Option<Ballot>,
@@ -111,7 +112,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
     let mut snapshots = Vec::new();
     for (slot, path) in list_snapshots(&dir)? {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let (checksum_ok, error) = match verify_snapshot_file(&path, slot) {
+        // No size limit here: verification streams the body.
+        let (checksum_ok, error) = match verify_snapshot_file(&path, slot, u64::MAX) {
             Ok(_) => (true, None),
             Err(e) => (false, Some(e.to_string())),
         };
@@ -123,8 +125,19 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
             error,
         });
     }
-    // Recovery uses the newest snapshot (and refuses to start if it is bad).
-    let log_start = snapshots.last().map_or(Slot::ZERO, |s| s.log_start);
+    let (segs, _temps) = list_segments(&dir)?;
+    // As `DataDir::recover`: the newest valid snapshot is used; below the
+    // newest snapshot file the log may have been compacted, unless segment 1
+    // is still there.
+    let wal_complete = segs.first().is_some_and(|(seq, _)| *seq == 1);
+    let usable = snapshots.iter().rev().find(|s| s.checksum_ok);
+    let log_start = usable.map_or(Slot::ZERO, |s| s.log_start);
+    let newest_file = snapshots.last().map_or(Slot::ZERO, |s| s.log_start);
+    let floor = if wal_complete {
+        log_start
+    } else {
+        newest_file.max(log_start)
+    };
 
     let mut first_corruption: Option<Problem> = None;
     let mut torn_tail = None;
@@ -132,7 +145,6 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
     let mut last_promised = None;
     let mut segment_reports = Vec::new();
 
-    let (segs, _temps) = list_segments(&dir)?;
     if let Err(e) = check_contiguous(&dir, &segs) {
         first_corruption = Some(problem_from(&e, &dir));
     }
@@ -169,7 +181,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
                 if let PersistRecord::Promised(b) = rec {
                     last_promised = Some(b);
                 }
-                if let Err(source) = state.replay(&rec) {
+                if let Err(source) = replay_above_floor(&mut state, &rec, floor) {
                     replay_err = Some(StorageError::Replay {
                         path: path.clone(),
                         offset,
@@ -217,7 +229,13 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
     while state.chosen.contains_key(&chosen_upto) {
         chosen_upto = chosen_upto.next();
     }
-    if let Some(bad) = snapshots.last().filter(|s| !s.checksum_ok) {
+    // A bad snapshot stops recovery only when there is nothing to fall back
+    // to: no valid older one and a log that no longer reaches round 0.
+    let fatal_snapshot = usable.is_none() && !wal_complete;
+    if let Some(bad) = snapshots
+        .last()
+        .filter(|s| !s.checksum_ok && fatal_snapshot)
+    {
         first_corruption.get_or_insert_with(|| Problem {
             file: bad.file.clone(),
             offset: 0,

@@ -27,7 +27,10 @@ pub use format::{
 };
 pub use inspect::{inspect, InspectReport, Problem, SegmentReport, SnapshotReport};
 pub use snapshot::{
-    SnapshotChunk, SnapshotMeta, SnapshotReader, SnapshotReceiver, SnapshotStore, SNAPSHOTS_KEPT,
-    SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
+    LatestSnapshot, SkippedSnapshot, SnapshotChunk, SnapshotMeta, SnapshotReader, SnapshotReceiver,
+    SnapshotStore, DEFAULT_MAX_SNAPSHOT_BYTES, SNAPSHOTS_KEPT, SNAPSHOT_FORMAT_VERSION,
+    SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
 };
-pub use wal::{Recovered, RepairAction, Wal, WalOptions, MIN_SEGMENT_BYTES};
+pub use wal::{
+    read_wal_floor, Recovered, RepairAction, Wal, WalOptions, MIN_SEGMENT_BYTES, WAL_FLOOR_FILE,
+};

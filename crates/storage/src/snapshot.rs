@@ -13,8 +13,13 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// magic (8) + version (4) + log_start (8) + body length (8) + body crc32c (4)
 /// + crc32c of the previous 32 bytes (4).
 pub const SNAPSHOT_HEADER_LEN: usize = 36;
-/// How many snapshots `save` keeps.
+/// How many snapshots [`SnapshotStore::retire_older`] keeps: the verified
+/// one and the newest older one that verifies (the fallback if the newest
+/// rots).
 pub const SNAPSHOTS_KEPT: usize = 2;
+/// Default [`SnapshotStore::max_snapshot_bytes`]. A snapshot is read into
+/// memory whole, so this is also the most a load or a transfer allocates.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 pub(crate) fn snapshot_file_name(slot: Slot) -> String {
     format!("snapshot-{:016x}.snap", slot.0)
@@ -85,8 +90,9 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> StorageError {
     }
 }
 
-/// Reads and checks a snapshot's header against its file name and size.
-fn open_checked_header(path: &Path, slot: Slot) -> Result<(File, SnapshotMeta)> {
+/// Reads and checks a snapshot's header against its file name, `max_bytes`
+/// and the file size (before anything is allocated for the body).
+fn open_checked_header(path: &Path, slot: Slot, max_bytes: u64) -> Result<(File, SnapshotMeta)> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let file_len = f.metadata().map_err(io_err(path))?.len();
     let mut h = [0u8; SNAPSHOT_HEADER_LEN];
@@ -113,6 +119,13 @@ fn open_checked_header(path: &Path, slot: Slot) -> Result<(File, SnapshotMeta)> 
                 meta.log_start
             ),
         ));
+    }
+    if meta.len > max_bytes {
+        return Err(StorageError::SnapshotTooLarge {
+            path: path.to_path_buf(),
+            len_bytes: meta.len,
+            max_bytes,
+        });
     }
     if file_len != SNAPSHOT_HEADER_LEN as u64 + meta.len {
         return Err(corrupt(
@@ -154,15 +167,64 @@ pub struct SnapshotChunk {
     pub chunk_crc: u32,
 }
 
+/// A snapshot `load_latest` (or recovery) could not use, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedSnapshot {
+    pub log_start: Slot,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SkippedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// Joins skipped snapshots into one line for an error message.
+pub(crate) fn describe_skipped(skipped: &[SkippedSnapshot]) -> String {
+    skipped
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The newest usable snapshot, and the newer ones passed over to reach it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LatestSnapshot {
+    /// `(log_start, image)`, verified; `None` if there is no usable one.
+    pub snapshot: Option<(Slot, Vec<u8>)>,
+    /// Snapshots newer than `snapshot` that were unusable, newest first.
+    pub skipped: Vec<SkippedSnapshot>,
+}
+
 /// Snapshots in a directory, as `snapshot-<log_start:016x>.snap`.
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    max_snapshot_bytes: u64,
 }
 
 impl SnapshotStore {
-    /// Opens the store, creating `dir` and removing unfinished `save`s.
+    /// Opens the store with [`DEFAULT_MAX_SNAPSHOT_BYTES`], creating `dir`
+    /// and removing unfinished `save`s.
     pub fn open(dir: impl AsRef<Path>) -> Result<SnapshotStore> {
+        Self::open_with_limit(dir, DEFAULT_MAX_SNAPSHOT_BYTES)
+    }
+
+    /// Like [`open`](Self::open), with the largest snapshot body this store
+    /// saves, loads or accepts from a peer. Should be the same on every
+    /// replica: a snapshot above a replica's limit cannot be installed there.
+    pub fn open_with_limit(
+        dir: impl AsRef<Path>,
+        max_snapshot_bytes: u64,
+    ) -> Result<SnapshotStore> {
+        if max_snapshot_bytes == 0 {
+            return Err(StorageError::InvalidArgument(
+                "max_snapshot_bytes must be > 0".into(),
+            ));
+        }
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
@@ -174,11 +236,25 @@ impl SnapshotStore {
                 fs::remove_file(&p).map_err(io_err(&p))?;
             }
         }
-        Ok(SnapshotStore { dir })
+        Ok(SnapshotStore {
+            dir,
+            max_snapshot_bytes,
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        self.max_snapshot_bytes
+    }
+
+    fn not_found(&self, log_start: Slot) -> StorageError {
+        StorageError::SnapshotNotFound {
+            dir: self.dir.clone(),
+            log_start: log_start.0,
+        }
     }
 
     pub fn path_for(&self, log_start: Slot) -> PathBuf {
@@ -191,12 +267,26 @@ impl SnapshotStore {
     }
 
     /// Writes a snapshot covering every slot below `log_start` atomically and
-    /// durably, then deletes all but the newest [`SNAPSHOTS_KEPT`].
+    /// durably. Deletes nothing: once it has been read back and verified,
+    /// call [`retire_older`](Self::retire_older).
+    ///
+    /// Refused if an image is larger than `max_snapshot_bytes` (it could not
+    /// be loaded again), or if a newer snapshot exists that verifies (a
+    /// newer one that does not is no reason to stop: recovery fell back
+    /// past it).
     pub fn save(&self, log_start: Slot, image: &[u8]) -> Result<PathBuf> {
-        if let Some((newest, _)) = self.list()?.last() {
-            if *newest > log_start {
+        let path = self.path_for(log_start);
+        if image.len() as u64 > self.max_snapshot_bytes {
+            return Err(StorageError::SnapshotTooLarge {
+                path,
+                len_bytes: image.len() as u64,
+                max_bytes: self.max_snapshot_bytes,
+            });
+        }
+        for (newer, newer_path) in self.list()?.into_iter().filter(|(s, _)| *s > log_start) {
+            if verify_snapshot_file(&newer_path, newer, self.max_snapshot_bytes).is_ok() {
                 return Err(StorageError::InvalidArgument(format!(
-                    "snapshot at {log_start} is older than the existing snapshot at {newest}"
+                    "snapshot at {log_start} is older than the existing snapshot at {newer}"
                 )));
             }
         }
@@ -205,7 +295,6 @@ impl SnapshotStore {
             len: image.len() as u64,
             crc: crc32c::crc32c(image),
         };
-        let path = self.path_for(log_start);
         let tmp = self
             .dir
             .join(format!("{}.tmp", snapshot_file_name(log_start)));
@@ -217,31 +306,76 @@ impl SnapshotStore {
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        self.prune()?;
         Ok(path)
     }
 
-    fn prune(&self) -> Result<()> {
+    /// Retention, to call once the snapshot at `verified` is known good:
+    /// restored into a state machine (received from a peer) or read back
+    /// and verified (taken locally). Checks `verified` once more (header and
+    /// body checksum; nothing is deleted if that fails), then deletes the
+    /// snapshots older than it except the newest `SNAPSHOTS_KEPT - 1`
+    /// that verify. Never touches `verified` or anything newer. Returns the
+    /// deleted files, oldest first.
+    pub fn retire_older(&self, verified: Slot) -> Result<Vec<PathBuf>> {
         let all = self.list()?;
-        if all.len() <= SNAPSHOTS_KEPT {
-            return Ok(());
+        let Some((_, verified_path)) = all.iter().find(|(s, _)| *s == verified) else {
+            return Err(self.not_found(verified));
+        };
+        verify_snapshot_file(verified_path, verified, self.max_snapshot_bytes)?;
+        let older: Vec<&(Slot, PathBuf)> = all.iter().filter(|(s, _)| *s < verified).collect();
+        // Keep the newest older ones that verify: a rotten one is no
+        // fallback, so it neither counts nor survives.
+        let mut keep_left = SNAPSHOTS_KEPT.saturating_sub(1);
+        let mut doomed = Vec::new();
+        for (slot, path) in older.into_iter().rev() {
+            if keep_left > 0 && verify_snapshot_file(path, *slot, self.max_snapshot_bytes).is_ok() {
+                keep_left -= 1;
+            } else {
+                doomed.push(path.clone());
+            }
         }
-        for (_, p) in &all[..all.len() - SNAPSHOTS_KEPT] {
-            fs::remove_file(p).map_err(io_err(p))?;
+        doomed.reverse();
+        for path in &doomed {
+            fs::remove_file(path).map_err(io_err(path))?;
         }
-        sync_dir(&self.dir).map_err(io_err(&self.dir))
+        if !doomed.is_empty() {
+            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(doomed)
     }
 
-    /// Reads and verifies one snapshot.
+    /// Deletes the snapshot at `log_start` (e.g. one received from a peer
+    /// whose image does not restore), so it is neither served, loaded, nor in
+    /// the way of an older `save`. Returns the deleted file.
+    pub fn discard(&self, log_start: Slot) -> Result<PathBuf> {
+        let path = self.path_for(log_start);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(log_start)),
+            Err(e) => return Err(StorageError::Io { path, source: e }),
+        }
+        sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(path)
+    }
+
+    /// Checks one snapshot completely (header, size, body checksum) without
+    /// holding the body in memory.
+    pub fn verify(&self, log_start: Slot) -> Result<SnapshotMeta> {
+        let path = self.path_for(log_start);
+        if !path.exists() {
+            return Err(self.not_found(log_start));
+        }
+        verify_snapshot_file(&path, log_start, self.max_snapshot_bytes)
+    }
+
+    /// Reads and verifies one snapshot. A header announcing more than
+    /// `max_snapshot_bytes` is refused before the body is allocated.
     pub fn load(&self, log_start: Slot) -> Result<Vec<u8>> {
         let path = self.path_for(log_start);
         if !path.exists() {
-            return Err(StorageError::SnapshotNotFound {
-                dir: self.dir.clone(),
-                log_start: log_start.0,
-            });
+            return Err(self.not_found(log_start));
         }
-        let (mut f, meta) = open_checked_header(&path, log_start)?;
+        let (mut f, meta) = open_checked_header(&path, log_start, self.max_snapshot_bytes)?;
         let len = usize::try_from(meta.len)
             .map_err(|_| corrupt(&path, "snapshot too large for this platform"))?;
         let mut body = vec![0u8; len];
@@ -259,13 +393,50 @@ impl SnapshotStore {
         Ok(body)
     }
 
-    /// The newest snapshot, verified. A corrupt newest snapshot is an error
-    /// naming the file (older ones are not silently used instead).
-    pub fn load_latest(&self) -> Result<Option<(Slot, Vec<u8>)>> {
-        match self.list()?.last() {
-            None => Ok(None),
-            Some((slot, _)) => Ok(Some((*slot, self.load(*slot)?))),
+    /// The newest snapshot that verifies. Unusable newer ones (corrupt,
+    /// unreadable, too large) are skipped and listed in the result. If there
+    /// are snapshots but none is usable, that is an error naming each file.
+    pub fn load_latest(&self) -> Result<LatestSnapshot> {
+        let latest = self.load_newest_usable(|_, _| Ok(()))?;
+        if latest.snapshot.is_none() && !latest.skipped.is_empty() {
+            return Err(StorageError::NoUsableSnapshot {
+                dir: self.dir.clone(),
+                skipped: describe_skipped(&latest.skipped),
+                consequence: "every snapshot file failed to load".into(),
+            });
         }
+        Ok(latest)
+    }
+
+    /// Tries the snapshots newest first: the first that loads, verifies and
+    /// is accepted by `accept(log_start, image)` (e.g. restores into the
+    /// state machine) is returned; the ones before it are listed as skipped
+    /// with the reason. `snapshot` is `None` if none qualifies; the caller
+    /// decides whether that is fatal. Errors only if the directory cannot
+    /// be listed.
+    pub fn load_newest_usable(
+        &self,
+        mut accept: impl FnMut(Slot, &[u8]) -> std::result::Result<(), String>,
+    ) -> Result<LatestSnapshot> {
+        let mut latest = LatestSnapshot::default();
+        for (slot, path) in self.list()?.into_iter().rev() {
+            let reason = match self.load(slot) {
+                Ok(image) => match accept(slot, &image) {
+                    Ok(()) => {
+                        latest.snapshot = Some((slot, image));
+                        return Ok(latest);
+                    }
+                    Err(reason) => reason,
+                },
+                Err(e) => e.to_string(),
+            };
+            latest.skipped.push(SkippedSnapshot {
+                log_start: slot,
+                path,
+                reason,
+            });
+        }
+        Ok(latest)
     }
 
     /// Opens a snapshot for sending in chunks; verifies the whole body first
@@ -273,12 +444,9 @@ impl SnapshotStore {
     pub fn open_reader(&self, log_start: Slot) -> Result<SnapshotReader> {
         let path = self.path_for(log_start);
         if !path.exists() {
-            return Err(StorageError::SnapshotNotFound {
-                dir: self.dir.clone(),
-                log_start: log_start.0,
-            });
+            return Err(self.not_found(log_start));
         }
-        let (mut f, meta) = open_checked_header(&path, log_start)?;
+        let (mut f, meta) = open_checked_header(&path, log_start, self.max_snapshot_bytes)?;
         let crc = crc_of_stream(&path, &mut f, meta.len)?;
         if crc != meta.crc {
             return Err(corrupt(
@@ -306,12 +474,9 @@ impl SnapshotStore {
     ) -> Result<SnapshotChunk> {
         let path = self.path_for(log_start);
         if !path.exists() {
-            return Err(StorageError::SnapshotNotFound {
-                dir: self.dir.clone(),
-                log_start: log_start.0,
-            });
+            return Err(self.not_found(log_start));
         }
-        let (f, meta) = open_checked_header(&path, log_start)?;
+        let (f, meta) = open_checked_header(&path, log_start, self.max_snapshot_bytes)?;
         let mut reader = SnapshotReader {
             path,
             file: f,
@@ -322,13 +487,21 @@ impl SnapshotStore {
 
     /// Starts (or resumes, if a matching partial file exists) receiving the
     /// snapshot `log_start` of `total_len` bytes with body crc `total_crc`.
+    /// A `total_len` above `max_snapshot_bytes` (the peer's word, not yet
+    /// checked) is refused before any file is touched.
     pub fn receiver(
         &self,
         log_start: Slot,
         total_len: u64,
         total_crc: u32,
     ) -> Result<SnapshotReceiver> {
-        SnapshotReceiver::open(&self.dir, log_start, total_len, total_crc)
+        SnapshotReceiver::open(
+            &self.dir,
+            log_start,
+            total_len,
+            total_crc,
+            self.max_snapshot_bytes,
+        )
     }
 }
 
@@ -345,9 +518,13 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<(Slot, PathBuf)>> {
     Ok(out)
 }
 
-/// Checks a snapshot file completely (for `inspect`).
-pub(crate) fn verify_snapshot_file(path: &Path, slot: Slot) -> Result<SnapshotMeta> {
-    let (mut f, meta) = open_checked_header(path, slot)?;
+/// Checks a snapshot file completely, streaming the body.
+pub(crate) fn verify_snapshot_file(
+    path: &Path,
+    slot: Slot,
+    max_bytes: u64,
+) -> Result<SnapshotMeta> {
+    let (mut f, meta) = open_checked_header(path, slot, max_bytes)?;
     let crc = crc_of_stream(path, &mut f, meta.len)?;
     if crc != meta.crc {
         return Err(corrupt(
@@ -416,20 +593,28 @@ pub struct SnapshotReceiver {
 }
 
 impl SnapshotReceiver {
-    /// Like [`SnapshotStore::receiver`].
+    /// Like [`SnapshotStore::receiver`], with the limit given explicitly.
     pub fn open(
         dir: &Path,
         log_start: Slot,
         total_len: u64,
         total_crc: u32,
+        max_snapshot_bytes: u64,
     ) -> Result<SnapshotReceiver> {
+        let path = dir.join(format!("{}.partial", snapshot_file_name(log_start)));
+        if total_len > max_snapshot_bytes {
+            return Err(StorageError::SnapshotTooLarge {
+                path,
+                len_bytes: total_len,
+                max_bytes: max_snapshot_bytes,
+            });
+        }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let meta = SnapshotMeta {
             log_start,
             len: total_len,
             crc: total_crc,
         };
-        let path = dir.join(format!("{}.partial", snapshot_file_name(log_start)));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -495,7 +680,7 @@ impl SnapshotReceiver {
                 self.received
             )));
         }
-        let end = offset + data.len() as u64;
+        let end = offset.saturating_add(data.len() as u64);
         if end > self.meta.len {
             return Err(self.transfer_err(format!(
                 "chunk ends at {end}, past the snapshot length {}",
@@ -526,8 +711,10 @@ impl SnapshotReceiver {
     }
 
     /// Verifies the whole body, then makes the snapshot durable under its
-    /// final name (fsync, rename, fsync directory) and prunes old ones. On a
-    /// checksum mismatch the partial file is removed and an error returned.
+    /// final name (fsync, rename, fsync directory). Older snapshots are kept:
+    /// once the image has been restored, call
+    /// [`SnapshotStore::retire_older`]. On a checksum mismatch the partial
+    /// file is removed and an error returned.
     pub fn finalize(mut self) -> Result<(Slot, PathBuf)> {
         if !self.is_complete() {
             return Err(self.transfer_err(format!(
@@ -554,10 +741,6 @@ impl SnapshotReceiver {
         let dst = self.dir.join(snapshot_file_name(self.meta.log_start));
         fs::rename(&self.path, &dst).map_err(io_err(&dst))?;
         sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        let store = SnapshotStore {
-            dir: self.dir.clone(),
-        };
-        store.prune()?;
         Ok((self.meta.log_start, dst))
     }
 

@@ -5,7 +5,7 @@ use crate::format::{
     classify_wal_name, encode_record, encode_segment_header, read_file_into, scan_segment,
     segment_file_name, segment_temp_name, sync_dir, Tail, WalName,
 };
-use paxlog_core::{Ballot, DurableState, PersistRecord, Slot};
+use paxlog_core::{Ballot, DurableState, PersistRecord, ReplayError, Slot};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -78,6 +78,26 @@ pub struct Recovered {
     pub segments: usize,
     pub records: u64,
     pub bytes: u64,
+    /// Value-less `Chosen` marks below the floor whose `Accepted` record had
+    /// been compacted away (see [`Wal::open_with_floor`]); not replayed.
+    pub orphan_chosen_marks: u64,
+}
+
+/// Replays `rec` into `state`, except a value-less `Chosen` mark for a slot
+/// below `floor` whose `Accepted` record is not in `state`: below the floor
+/// the segment holding that record may have been compacted away, so the
+/// mark is skipped (returns `Ok(false)`) instead of being corruption.
+pub(crate) fn replay_above_floor(
+    state: &mut DurableState,
+    rec: &PersistRecord,
+    floor: Slot,
+) -> Result<bool, ReplayError> {
+    if let PersistRecord::Chosen { slot, entry: None } = rec {
+        if *slot >= state.log_start && *slot < floor && !state.accepted.contains_key(slot) {
+            return Ok(false);
+        }
+    }
+    state.replay(rec).map(|()| true)
 }
 
 #[derive(Debug)]
@@ -157,6 +177,27 @@ pub(crate) fn check_contiguous(dir: &Path, segs: &[(u64, PathBuf)]) -> Result<()
     Ok(())
 }
 
+/// Holds the highest round below which WAL segments were ever deleted.
+pub const WAL_FLOOR_FILE: &str = "wal.floor";
+
+/// The durable compaction floor of the WAL in `dir`, if it was ever compacted
+/// (by a version that records it).
+pub fn read_wal_floor(dir: &Path) -> Result<Option<Slot>> {
+    let path = dir.join(WAL_FLOOR_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(|n| Some(Slot(n)))
+            .map_err(|e| StorageError::CorruptMetadata {
+                path: path.clone(),
+                reason: format!("not a round number ({e})"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::Io { path, source: e }),
+    }
+}
+
 impl Wal {
     /// Opens (or creates) the WAL in `dir` and replays it on top of a
     /// snapshot covering every slot below `log_start` (`Slot::ZERO` when
@@ -165,6 +206,22 @@ impl Wal {
     pub fn open(
         dir: impl AsRef<Path>,
         log_start: Slot,
+        opts: WalOptions,
+    ) -> Result<(Wal, Recovered)> {
+        Self::open_with_floor(dir, log_start, log_start, opts)
+    }
+
+    /// [`open`](Self::open) after falling back to an older snapshot: the log
+    /// may have been compacted up to `floor` (> `log_start`: the newest
+    /// snapshot this replica had), so the records of slots in
+    /// `log_start..floor` may be partly gone. What remains is replayed; a
+    /// value-less `Chosen` mark in that range whose `Accepted` record is gone
+    /// is skipped and counted in [`Recovered::orphan_chosen_marks`]. The
+    /// missing rounds are chosen; the replica relearns them from its peers.
+    pub fn open_with_floor(
+        dir: impl AsRef<Path>,
+        log_start: Slot,
+        floor: Slot,
         opts: WalOptions,
     ) -> Result<(Wal, Recovered)> {
         let dir = dir.as_ref().to_path_buf();
@@ -187,6 +244,7 @@ impl Wal {
         let mut state = DurableState::from_snapshot(log_start);
         let mut segments = Vec::with_capacity(found.len());
         let mut records = 0u64;
+        let mut orphan_chosen_marks = 0u64;
         let mut bytes = 0u64;
         let n = found.len();
         let mut data = Vec::new();
@@ -197,11 +255,17 @@ impl Wal {
             let scan = scan_segment(&path, &data, seq, |offset, rec| {
                 seg_max = max_slot(seg_max, rec.slot());
                 records += 1;
-                state.replay(&rec).map_err(|source| StorageError::Replay {
-                    path: path.clone(),
-                    offset,
-                    source,
-                })
+                let replayed = replay_above_floor(&mut state, &rec, floor).map_err(|source| {
+                    StorageError::Replay {
+                        path: path.clone(),
+                        offset,
+                        source,
+                    }
+                })?;
+                if !replayed {
+                    orphan_chosen_marks += 1;
+                }
+                Ok(())
             })?;
             match scan.tail {
                 Tail::Clean => bytes += scan.len,
@@ -293,6 +357,7 @@ impl Wal {
                 segments: recovered_segments,
                 records,
                 bytes,
+                orphan_chosen_marks,
             },
         ))
     }
@@ -415,6 +480,19 @@ impl Wal {
     /// durable. Returns the deleted files.
     pub fn compact(&mut self, log_start: Slot) -> Result<Vec<PathBuf>> {
         self.check_poisoned()?;
+        let deletes_any =
+            self.segments.len() > 1 && self.segments[0].max_slot.is_none_or(|m| m < log_start);
+        if deletes_any {
+            // Durably noted first: recovery must know how far the log was
+            // cut, to tell a fallback to an older snapshot that the log still
+            // covers from one that would forget this replica's accepts.
+            crate::datadir::write_atomically(
+                &self.dir,
+                WAL_FLOOR_FILE,
+                log_start.0.to_string().as_bytes(),
+            )
+            .map_err(|e| self.poison(e))?;
+        }
         let mut deleted = Vec::new();
         while self.segments.len() > 1 {
             let seg = &self.segments[0];

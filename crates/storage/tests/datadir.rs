@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use paxlog_core::Slot;
 use paxlog_storage::{DataDir, StorageError, WalOptions, META_FILE};
 
@@ -143,4 +145,208 @@ fn recover_uses_snapshot_log_start() {
         r.recovered.state.chosen.keys().copied().collect::<Vec<_>>(),
         vec![Slot(6), Slot(7), Slot(8), Slot(9)]
     );
+}
+
+mod fallback {
+    use super::*;
+    use crate::common::{accepted, ballot, chosen, flip_bit};
+    use paxlog_core::PersistRecord;
+    use paxlog_storage::{inspect, Wal, SNAPSHOT_HEADER_LEN};
+    use std::path::{Path, PathBuf};
+
+    fn small_segments() -> WalOptions {
+        WalOptions {
+            segment_bytes: 1024,
+            ..WalOptions::default()
+        }
+    }
+
+    /// Rounds 0..30 accepted and chosen, with ~1 KiB entries so that each
+    /// segment after the first starts with the chosen mark of the slot
+    /// accepted at the end of the previous one; snapshots at 10 and 20; the
+    /// log compacted at 20. Returns the two snapshot files.
+    fn build(dir: &Path, compact: bool) -> (PathBuf, PathBuf) {
+        let dd = DataDir::open_or_init(dir, "c1", 0).unwrap();
+        let (mut wal, _) = dd.open_wal(Slot::ZERO, small_segments()).unwrap();
+        let b = ballot(1, 0);
+        wal.append(&[PersistRecord::Promised(b)]).unwrap();
+        for s in 0..30 {
+            wal.append(&[accepted(s, b, 1100), chosen(s)]).unwrap();
+        }
+        wal.sync().unwrap();
+        let store = dd.snapshots().unwrap();
+        let ten = store.save(Slot(10), b"ten").unwrap();
+        let twenty = store.save(Slot(20), b"twenty").unwrap();
+        if compact {
+            assert!(!wal.compact(Slot(20)).unwrap().is_empty());
+        }
+        (ten, twenty)
+    }
+
+    #[test]
+    fn corrupt_newest_snapshot_falls_back_over_a_compacted_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, twenty) = build(tmp.path(), true);
+        flip_bit(&twenty, SNAPSHOT_HEADER_LEN as u64 + 1, 0);
+        {
+            let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+            let mut r = dd.recover(small_segments()).unwrap();
+            assert_eq!(r.snapshot, Some((Slot(10), b"ten".to_vec())));
+            assert_eq!(r.skipped.len(), 1);
+            assert_eq!(r.skipped[0].log_start, Slot(20));
+            assert_eq!(r.skipped[0].path, twenty);
+            assert!(r.skipped[0].reason.contains("checksum"), "{:?}", r.skipped);
+            assert_eq!(r.wal_may_lack_below, Some(Slot(20)));
+            let state = &r.recovered.state;
+            assert_eq!(state.log_start, Slot(10));
+            // Rounds 10..19 were compacted away; the mark of 19 survived
+            // without its accepted value and is skipped, not fatal.
+            assert_eq!(r.recovered.orphan_chosen_marks, 1);
+            assert_eq!(
+                state.chosen.keys().copied().collect::<Vec<_>>(),
+                (20..30).map(Slot).collect::<Vec<_>>()
+            );
+            assert_eq!(state.promised, ballot(1, 0));
+            // The recovered WAL takes new records.
+            r.wal.append(&[accepted(30, ballot(1, 0), 10)]).unwrap();
+            r.wal.sync().unwrap();
+        }
+        // `inspect` agrees with recovery: a bad snapshot, no fatal damage.
+        let report = inspect(tmp.path()).unwrap();
+        assert_eq!(report.log_start, Slot(10));
+        assert!(report.first_corruption.is_none(), "{report}");
+        assert!(!report.is_healthy());
+        // And a second restart is just as good.
+        let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+        let r = dd.recover(small_segments()).unwrap();
+        assert_eq!(r.snapshot.unwrap().0, Slot(10));
+        assert!(r.recovered.state.accepted.contains_key(&Slot(30)));
+    }
+
+    /// The server compacts the log only below the OLDEST snapshot it keeps
+    /// and the WAL records that floor, so falling back from the newest
+    /// snapshot to the older one finds the log complete from there.
+    #[test]
+    fn fallback_to_the_snapshot_the_log_was_compacted_to_forgets_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, twenty) = build(tmp.path(), false);
+        {
+            let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+            let mut r = dd.recover(small_segments()).unwrap();
+            assert!(!r.wal.compact(Slot(10)).unwrap().is_empty());
+        }
+        assert_eq!(
+            paxlog_storage::read_wal_floor(tmp.path()).unwrap(),
+            Some(Slot(10))
+        );
+        flip_bit(&twenty, SNAPSHOT_HEADER_LEN as u64 + 1, 0);
+        let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+        let r = dd.recover(small_segments()).unwrap();
+        assert_eq!(r.snapshot.unwrap().0, Slot(10));
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.wal_may_lack_below, None);
+        assert_eq!(r.recovered.orphan_chosen_marks, 0);
+        let state = &r.recovered.state;
+        for s in 10..30 {
+            assert!(state.accepted.contains_key(&Slot(s)), "round {s} accepted");
+            assert!(state.chosen.contains_key(&Slot(s)), "round {s} chosen");
+        }
+    }
+
+    #[test]
+    fn wal_replays_from_below_its_first_record_only_with_a_floor() {
+        let tmp = tempfile::tempdir().unwrap();
+        build(tmp.path(), true);
+        // Strict replay from 10 still treats the orphaned mark as damage...
+        assert!(matches!(
+            Wal::open(tmp.path(), Slot(10), small_segments()),
+            Err(StorageError::Replay { .. })
+        ));
+        // ...but knowing the log was compacted up to 20, it is tolerated.
+        let (_, rec) =
+            Wal::open_with_floor(tmp.path(), Slot(10), Slot(20), small_segments()).unwrap();
+        assert_eq!(rec.orphan_chosen_marks, 1);
+        assert_eq!(rec.state.chosen.len(), 10);
+        // A value-less mark at or above the floor is still damage.
+        assert!(matches!(
+            Wal::open_with_floor(tmp.path(), Slot(10), Slot(19), small_segments()),
+            Err(StorageError::Replay { .. })
+        ));
+    }
+
+    #[test]
+    fn every_snapshot_corrupt_over_a_compacted_wal_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ten, twenty) = build(tmp.path(), true);
+        flip_bit(&ten, SNAPSHOT_HEADER_LEN as u64, 0);
+        flip_bit(&twenty, 3, 0);
+        let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+        let err = dd.recover(small_segments()).unwrap_err();
+        assert!(
+            matches!(err, StorageError::NoUsableSnapshot { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for file in [&ten, &twenty] {
+            assert!(text.contains(&file.display().to_string()), "{text}");
+        }
+        assert!(text.contains("round 0"), "{text}");
+        let report = inspect(tmp.path()).unwrap();
+        assert!(report.first_corruption.is_some());
+    }
+
+    #[test]
+    fn every_snapshot_corrupt_over_a_complete_wal_replays_from_round_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ten, twenty) = build(tmp.path(), false);
+        flip_bit(&ten, SNAPSHOT_HEADER_LEN as u64, 0);
+        flip_bit(&twenty, SNAPSHOT_HEADER_LEN as u64, 0);
+        let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+        let r = dd.recover(small_segments()).unwrap();
+        assert!(r.snapshot.is_none());
+        assert_eq!(r.skipped.len(), 2);
+        assert_eq!(r.skipped[0].path, twenty);
+        assert_eq!(r.skipped[1].path, ten);
+        assert_eq!(r.wal_may_lack_below, None);
+        assert_eq!(r.recovered.state.log_start, Slot::ZERO);
+        assert_eq!(r.recovered.state.chosen.len(), 30);
+    }
+
+    #[test]
+    fn an_image_the_caller_rejects_falls_back_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        build(tmp.path(), true);
+        let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+        let mut offered = Vec::new();
+        let r = dd
+            .recover_with(small_segments(), 1 << 20, |slot, image| {
+                offered.push(slot);
+                if image == b"twenty" {
+                    Err("does not restore".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap();
+        assert_eq!(offered, vec![Slot(20), Slot(10)]);
+        assert_eq!(r.snapshot.unwrap().0, Slot(10));
+        assert_eq!(r.skipped[0].reason, "does not restore");
+        assert_eq!(r.snapshots.max_snapshot_bytes(), 1 << 20);
+        assert_eq!(r.wal_may_lack_below, Some(Slot(20)));
+    }
+
+    #[test]
+    fn recovery_applies_the_size_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        build(tmp.path(), true);
+        let dd = DataDir::open_or_init(tmp.path(), "c1", 0).unwrap();
+        // "twenty" is 6 bytes, "ten" 3: a 4-byte limit skips the newest.
+        let r = dd.recover_with(small_segments(), 4, |_, _| Ok(())).unwrap();
+        assert_eq!(r.snapshot.unwrap().0, Slot(10));
+        assert!(
+            r.skipped[0].reason.contains("max_snapshot_bytes"),
+            "{:?}",
+            r.skipped
+        );
+    }
 }
