@@ -6,8 +6,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::driver::{
-    kind_name, Answer, ApiError, Consistency, DriverInput, Fetched, Query, ReadRequest,
-    WriteRequest, MAX_LOG_PAGE,
+    Consistency, DbImage, DriverError, DriverInput, Fetched, Items, KeyValue, Query, ReadRequest,
+    Reply, WriteRequest, MAX_LOG_PAGE,
 };
 use crate::metrics::{method_label, Metrics};
 use axum::body::Bytes;
@@ -168,14 +168,43 @@ fn error_with(status: u16, message: String, mut extra: Value) -> Response {
     (code, Json(extra)).into_response()
 }
 
-impl IntoResponse for ApiError {
+/// The HTTP answer to each way the driver can fail: the one place where
+/// driver outcomes become status codes.
+impl IntoResponse for DriverError {
     fn into_response(self) -> Response {
-        let extra = match self.current_round {
-            Some(round) => json!({ "current_round": round }),
-            None => json!({}),
-        };
-        error_with(self.status, self.message, extra)
+        match self {
+            DriverError::Busy => error_response(
+                503,
+                "too many requests are waiting at this replica; retry later",
+            ),
+            DriverError::InFlight(id) => {
+                error_response(409, format!("request {id} is already in flight"))
+            }
+            DriverError::Rejected { kind, message } => error_with(
+                kind_status(kind),
+                format!("{}: {message}", kind_name(&kind)),
+                json!({}),
+            ),
+            DriverError::Unavailable {
+                message,
+                current_round,
+            } => {
+                let extra = match current_round {
+                    Some(round) => json!({ "current_round": round }),
+                    None => json!({}),
+                };
+                error_with(503, message, extra)
+            }
+        }
     }
+}
+
+/// An error kind's name as it appears in JSON (`name_error`).
+pub fn kind_name(kind: &ErrorKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{kind:?}"))
 }
 
 async fn not_found() -> Response {
@@ -221,13 +250,17 @@ impl AppState {
         self.ask(input, answer).await
     }
 
-    async fn read(&self, query: Query, consistency: Consistency) -> Result<Answer, Response> {
+    /// A read of type `T`: `query` builds the request around its reply channel.
+    async fn read<T>(
+        &self,
+        consistency: Consistency,
+        query: impl FnOnce(Reply<T>) -> Query,
+    ) -> Result<T, Response> {
         let (reply, answer) = oneshot::channel();
         let deadline = Instant::now() + self.inner.request_timeout;
         let input = DriverInput::Read(ReadRequest {
-            query,
+            query: query(reply),
             consistency,
-            reply,
             deadline,
         });
         self.ask(input, answer).await
@@ -237,7 +270,7 @@ impl AppState {
     async fn ask<T>(
         &self,
         input: DriverInput,
-        answer: oneshot::Receiver<Result<T, ApiError>>,
+        answer: oneshot::Receiver<Result<T, DriverError>>,
     ) -> Result<T, Response> {
         self.submit(input).await?;
         match answer.await {
@@ -384,9 +417,11 @@ fn command_response(command: &str, output: ApplyOutput) -> Response {
 }
 
 async fn get_current(State(state): State<AppState>) -> Response {
-    match state.read(Query::Current, Consistency::Local).await {
-        Ok(Answer::Current(round)) => Json(json!({ "round_id": round })).into_response(),
-        Ok(_) => error_response(500, "unexpected answer"),
+    match state
+        .read(Consistency::Local, |reply| Query::Current { reply })
+        .await
+    {
+        Ok(round) => Json(json!({ "round_id": round })).into_response(),
         Err(response) => response,
     }
 }
@@ -421,25 +456,27 @@ async fn get_fetch(
             format!("round_id must be a non-negative integer, got '{raw}'"),
         );
     };
-    match state.read(Query::Fetch(round), Consistency::Local).await {
-        Ok(Answer::Fetched(Fetched::Value { round_id, value })) => Json(json!({
+    let fetched = state
+        .read(Consistency::Local, |reply| Query::Fetch { round, reply })
+        .await;
+    match fetched {
+        Ok(Fetched::Value { round_id, value }) => Json(json!({
             "success": true,
             "round_id": round_id,
             "value": value,
             "noop": value.is_none(),
         }))
         .into_response(),
-        Ok(Answer::Fetched(Fetched::NotYet { current_round })) => fetch_error(
+        Ok(Fetched::NotYet { current_round }) => fetch_error(
             404,
             format!("round {round} is not chosen yet here (current round {current_round})"),
         ),
-        Ok(Answer::Fetched(Fetched::Compacted { log_start })) => fetch_error(
+        Ok(Fetched::Compacted { log_start }) => fetch_error(
             410,
             format!(
                 "round {round} was compacted into a snapshot; this replica keeps rounds from {log_start} on (GET /db shows the state)"
             ),
         ),
-        Ok(_) => fetch_error(500, "unexpected answer".into()),
         Err(response) => response,
     }
 }
@@ -451,12 +488,9 @@ async fn get_db(
     let run = async {
         let params = query_or_error(params)?;
         let consistency = consistency(&params, Consistency::Local)?;
-        match state.read(Query::Db, consistency).await? {
-            Answer::Db { current_round, db } => {
-                Ok(Json(json!({ "current_round": current_round, "db": db })).into_response())
-            }
-            _ => Err(error_response(500, "unexpected answer")),
-        }
+        let DbImage { current_round, db } =
+            state.read(consistency, |reply| Query::Db { reply }).await?;
+        Ok(Json(json!({ "current_round": current_round, "db": db })).into_response())
     };
     run.await.unwrap_or_else(|r: Response| r)
 }
@@ -471,8 +505,11 @@ async fn get_status(State(state): State<AppState>) -> Response {
 /// The driver's status plus counters the HTTP layer keeps (write count and
 /// summed latency, for the dashboard's charts) and the HTTP addresses.
 async fn status_json(state: &AppState) -> Result<Value, Response> {
-    match state.read(Query::Status, Consistency::Local).await? {
-        Answer::Status(status) => {
+    let status = state
+        .read(Consistency::Local, |reply| Query::Status { reply })
+        .await?;
+    {
+        {
             let mut value = serde_json::to_value(&*status)
                 .map_err(|e| error_response(500, format!("cannot encode status: {e}")))?;
             let published = state.inner.metrics.published.snapshot();
@@ -494,7 +531,6 @@ async fn status_json(state: &AppState) -> Result<Value, Response> {
             }
             Ok(value)
         }
-        _ => Err(error_response(500, "unexpected answer")),
     }
 }
 
@@ -611,14 +647,15 @@ async fn get_log(
     let run = async {
         let params = query_or_error(params)?;
         let limit = page_limit(params.limit, 50, MAX_LOG_PAGE)?;
-        let query = Query::Log {
-            from: params.from,
-            limit,
-        };
-        match state.read(query, Consistency::Local).await? {
-            Answer::Log(page) => Ok(Json(page).into_response()),
-            _ => Err(error_response(500, "unexpected answer")),
-        }
+        let from = params.from;
+        let page = state
+            .read(Consistency::Local, |reply| Query::Log {
+                from,
+                limit,
+                reply,
+            })
+            .await?;
+        Ok(Json(page).into_response())
     };
     run.await.unwrap_or_else(|r: Response| r)
 }
@@ -634,15 +671,19 @@ async fn kv_get(
         paxlog_kv::validate_key(&key).map_err(|e| error_response(400, e.to_string()))?;
         let params = query_or_error(params)?;
         let consistency = consistency(&params, Consistency::Linearizable)?;
-        match state.read(Query::Get(key.clone()), consistency).await? {
-            Answer::Value {
+        let wanted = key.clone();
+        let found = state
+            .read(consistency, |reply| Query::Get { key: wanted, reply })
+            .await?;
+        match found {
+            KeyValue {
                 value: Some(value),
                 current_round,
             } => Ok(
                 Json(json!({ "key": key, "value": value, "current_round": current_round }))
                     .into_response(),
             ),
-            Answer::Value {
+            KeyValue {
                 value: None,
                 current_round,
             } => Err(error_with(
@@ -650,7 +691,6 @@ async fn kv_get(
                 format!("key '{key}' not found"),
                 json!({ "key": key, "current_round": current_round }),
             )),
-            _ => Err(error_response(500, "unexpected answer")),
         }
     };
     run.await.unwrap_or_else(|r: Response| r)
@@ -762,23 +802,22 @@ async fn scan(
             min_round: params.min_round,
         };
         let consistency = consistency(&read, Consistency::Linearizable)?;
-        let query = Query::Scan {
-            prefix: params.prefix,
-            limit,
-        };
-        match state.read(query, consistency).await? {
-            Answer::Items {
-                items,
-                current_round,
-            } => {
-                let items: Vec<Value> = items
-                    .into_iter()
-                    .map(|(key, value)| json!({ "key": key, "value": value }))
-                    .collect();
-                Ok(Json(json!({ "items": items, "current_round": current_round })).into_response())
-            }
-            _ => Err(error_response(500, "unexpected answer")),
-        }
+        let prefix = params.prefix;
+        let Items {
+            items,
+            current_round,
+        } = state
+            .read(consistency, |reply| Query::Scan {
+                prefix,
+                limit,
+                reply,
+            })
+            .await?;
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|(key, value)| json!({ "key": key, "value": value }))
+            .collect();
+        Ok(Json(json!({ "items": items, "current_round": current_round })).into_response())
     };
     run.await.unwrap_or_else(|r: Response| r)
 }

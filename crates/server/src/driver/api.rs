@@ -1,0 +1,188 @@
+//! What HTTP handlers send the driver and what it answers: one reply
+//! type per request, and the ways a request can fail (the HTTP layer maps
+//! them to status codes).
+
+use super::*;
+
+/// A reply channel for one request, typed by what it answers.
+pub type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
+
+/// Why the driver could not answer a request. The HTTP layer picks the
+/// status code.
+#[derive(Clone, Debug)]
+pub enum DriverError {
+    /// Too many requests wait at this replica.
+    Busy,
+    /// A request with this id is already in flight here.
+    InFlight(RequestId),
+    /// The command cannot run against the current state: nothing written.
+    Rejected { kind: ErrorKind, message: String },
+    /// No answer in time (no quorum, a round not applied yet) or the
+    /// replica is stopping; `current_round` says how far it is.
+    Unavailable {
+        message: String,
+        current_round: Option<u64>,
+    },
+}
+
+impl DriverError {
+    pub(super) fn unavailable(message: impl Into<String>) -> DriverError {
+        DriverError::Unavailable {
+            message: message.into(),
+            current_round: None,
+        }
+    }
+}
+
+pub enum DriverInput {
+    Write(WriteRequest),
+    Read(ReadRequest),
+    Shutdown,
+}
+
+pub struct WriteRequest {
+    pub command: KvCommand,
+    pub id: RequestId,
+    pub reply: Reply<ApplyOutput>,
+    pub deadline: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Confirmed through the leader with a quorum round (read index).
+    Linearizable,
+    /// This replica's state as it is, possibly stale.
+    Local,
+    /// Wait until this replica has applied the given round.
+    MinRound(u64),
+}
+
+/// A read, with the channel its typed answer goes to.
+pub enum Query {
+    Get {
+        key: String,
+        reply: Reply<KeyValue>,
+    },
+    Scan {
+        prefix: String,
+        limit: usize,
+        reply: Reply<Items>,
+    },
+    Db {
+        reply: Reply<DbImage>,
+    },
+    Current {
+        reply: Reply<u64>,
+    },
+    Fetch {
+        round: u64,
+        reply: Reply<Fetched>,
+    },
+    Status {
+        reply: Reply<Box<NodeStatus>>,
+    },
+    /// Chosen entries from `from` (default: the last `limit` chosen rounds).
+    Log {
+        from: Option<u64>,
+        limit: usize,
+        reply: Reply<LogPage>,
+    },
+}
+
+impl Query {
+    /// Does the answer depend on the database (so consistency applies)?
+    pub(super) fn reads_state(&self) -> bool {
+        matches!(
+            self,
+            Query::Get { .. } | Query::Scan { .. } | Query::Db { .. }
+        )
+    }
+
+    pub(super) fn fail(self, error: DriverError) {
+        match self {
+            Query::Get { reply, .. } => drop(reply.send(Err(error))),
+            Query::Scan { reply, .. } => drop(reply.send(Err(error))),
+            Query::Db { reply } => drop(reply.send(Err(error))),
+            Query::Current { reply } => drop(reply.send(Err(error))),
+            Query::Fetch { reply, .. } => drop(reply.send(Err(error))),
+            Query::Status { reply } => drop(reply.send(Err(error))),
+            Query::Log { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+pub struct ReadRequest {
+    pub query: Query,
+    pub consistency: Consistency,
+    pub deadline: Instant,
+}
+
+pub struct KeyValue {
+    pub value: Option<Value>,
+    pub current_round: u64,
+}
+
+pub struct Items {
+    pub items: Vec<(String, Value)>,
+    pub current_round: u64,
+}
+
+pub struct DbImage {
+    pub current_round: u64,
+    pub db: Value,
+}
+
+#[derive(Serialize)]
+pub struct LogEntry {
+    pub round: u64,
+    /// The command as text; `None` for a no-op.
+    pub command: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct LogPage {
+    pub log_start: u64,
+    pub chosen_round: u64,
+    pub current_round: u64,
+    pub entries: Vec<LogEntry>,
+}
+
+pub enum Fetched {
+    Value {
+        round_id: u64,
+        value: Option<String>,
+    },
+    NotYet {
+        current_round: u64,
+    },
+    Compacted {
+        log_start: u64,
+    },
+}
+
+#[derive(Serialize)]
+pub struct PeerInfo {
+    pub id: u32,
+    pub address: String,
+    pub reachable: bool,
+    pub last_heard_ms_ago: Option<u64>,
+    pub chosen_round: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct NodeStatus {
+    pub id: u32,
+    pub role: Role,
+    pub leader: Option<u32>,
+    pub promised_ballot: String,
+    pub leader_ballot: Option<String>,
+    pub current_round: u64,
+    pub applied_round: u64,
+    pub chosen_round: u64,
+    pub log_start: u64,
+    pub next_round: Option<u64>,
+    pub pending_writes: usize,
+    pub last_snapshot_round: u64,
+    pub peers: Vec<PeerInfo>,
+}

@@ -1,0 +1,527 @@
+//! The one loop that owns a replica: its consensus core, write-ahead log,
+//! snapshots and key-value state. It runs on its own OS thread; HTTP
+//! handlers and the peer transport talk to it through one bounded channel.
+//!
+//! Each turn: take every queued input (up to a bound), feed the core, then
+//! hand the core's `Ready` to storage (one fsync for the whole batch: group
+//! commit), and only then to the network, then apply. While an fsync runs,
+//! new inputs queue up and form the next batch.
+//!
+//! This file holds the turn loop and the `Ready` hand-off; the rest is split
+//! by responsibility: `api` (requests, typed replies, `DriverError`),
+//! `writes`, `reads`, `timers` (clock, retries, deadlines), `snapshots`
+//! (taking, retention, transfer), `observe` (metrics, health, catch-up
+//! lines) and `test_hooks`.
+
+use crate::config::NodeConfig;
+use crate::metrics::{gauge_value, Metrics};
+use crate::wire::Wire;
+use bytes::Bytes;
+use paxlog_core::{
+    DropReason, Entry, Event, Message, NodeId, Proposal, ProposeError, Replica, RequestId, Role,
+    Slot, StateMachine, StatusReport,
+};
+use paxlog_kv::{ApplyOutput, ApplyResult, ErrorKind, KvCommand, KvRequest, KvStore};
+use paxlog_storage::{SnapshotReceiver, SnapshotStore, Wal};
+use paxlog_transport::{Inbound, PeerStatus, TransportHandle};
+use serde::Serialize;
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+mod api;
+mod observe;
+mod reads;
+mod snapshots;
+mod test_hooks;
+mod timers;
+mod writes;
+
+pub use api::*;
+use observe::{AliveGuard, CatchUp};
+use snapshots::IncomingSnapshot;
+use test_hooks::TestHooks;
+
+/// Inputs taken per turn before the batch is persisted.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+/// Snapshot bytes per transfer chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// A stalled snapshot transfer is re-requested after this long.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(2);
+
+/// A write with no leader to go to is retried this often.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Peer reachability and catch-up progress are published this often.
+const SLOW_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A replica this many rounds behind the highest chosen round it knows of
+/// is catching up; it logs one line once it is (nearly) level again.
+const CATCH_UP_LAG: u64 = 256;
+
+/// Largest page `GET /log` returns.
+pub const MAX_LOG_PAGE: usize = 200;
+
+struct PendingWrite {
+    payload: Bytes,
+    reply: Reply<ApplyOutput>,
+    deadline: Instant,
+}
+
+/// Waiting for this replica to be up to date: a read, or a write whose
+/// pre-check must see every write acknowledged before it arrived.
+enum PendingRead {
+    Read(ReadRequest),
+    /// With its stamp (see `start_write`).
+    Write(WriteRequest, Slot),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimeoutKey {
+    Write(RequestId),
+    Read(u64),
+}
+
+pub struct Driver {
+    cfg: NodeConfig,
+    replica: Replica,
+    kv: KvStore,
+    wal: Wal,
+    snapshots: SnapshotStore,
+    transport: TransportHandle<Wire>,
+    writes: HashMap<RequestId, PendingWrite>,
+    write_retries: VecDeque<(Instant, RequestId)>,
+    /// Writes proposed and not heard of since: a leader that crashed with
+    /// our forwarded proposal never reports it, so we propose it again
+    /// (same id: the state machine applies it at most once).
+    reproposals: VecDeque<(Instant, RequestId)>,
+    reproposal_interval: Duration,
+    /// Reads waiting for the leader's read index.
+    reads_awaiting_index: HashMap<u64, PendingRead>,
+    /// Reads waiting for this replica to apply up to a round.
+    reads_awaiting_apply: BTreeMap<(u64, u64), PendingRead>,
+    read_retries: VecDeque<(Instant, u64)>,
+    reads_to_retry: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+    timeouts: BinaryHeap<Reverse<(Instant, TimeoutKey)>>,
+    last_snapshot_round: u64,
+    incoming_snapshot: Option<IncomingSnapshot>,
+    started: Instant,
+    /// Consensus time, counted from the monotonic clock: ticks delivered.
+    ticks_done: u64,
+    metrics: Arc<Metrics>,
+    /// The highest chosen round heard of in peers' messages.
+    heard_chosen: u64,
+    /// The leader as last seen, to count changes.
+    last_leader: Option<NodeId>,
+    next_slow_publish: Instant,
+    catch_up: Option<CatchUp>,
+    test_hooks: TestHooks,
+}
+
+/// How a turn began (see `run_turns`).
+enum TurnStart {
+    Client(DriverInput),
+    Peer(Inbound<Wire>),
+    Tick,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: NodeConfig,
+        replica: Replica,
+        kv: KvStore,
+        wal: Wal,
+        snapshots: SnapshotStore,
+        transport: TransportHandle<Wire>,
+        last_snapshot_round: u64,
+        metrics: Arc<Metrics>,
+    ) -> Driver {
+        let reproposal_interval = Duration::from_millis(2 * cfg.tick_ms * cfg.election_ticks);
+        let test_hooks = TestHooks::from_env(&cfg.data_dir);
+        Driver {
+            reproposals: VecDeque::new(),
+            reproposal_interval,
+            cfg,
+            replica,
+            kv,
+            wal,
+            snapshots,
+            transport,
+            writes: HashMap::new(),
+            write_retries: VecDeque::new(),
+            reads_awaiting_index: HashMap::new(),
+            reads_awaiting_apply: BTreeMap::new(),
+            read_retries: VecDeque::new(),
+            reads_to_retry: HashMap::new(),
+            next_read_id: random_u64(),
+            timeouts: BinaryHeap::new(),
+            last_snapshot_round,
+            incoming_snapshot: None,
+            started: Instant::now(),
+            ticks_done: 0,
+            metrics,
+            heard_chosen: 0,
+            last_leader: None,
+            next_slow_publish: Instant::now(),
+            catch_up: None,
+            test_hooks,
+        }
+    }
+
+    /// Runs until `Shutdown` or every sender is gone. An error here is fatal
+    /// for the replica (e.g. a failed fsync: the process must restart and
+    /// recover from what is on disk).
+    pub fn run(
+        self,
+        inputs: mpsc::Receiver<DriverInput>,
+        peers: mpsc::Receiver<Inbound<Wire>>,
+    ) -> Result<(), String> {
+        // A runtime of its own: the driver blocks it on fsync, which is what
+        // we want (inputs queue up meanwhile and form the next batch).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the driver's runtime: {e}"))?;
+        runtime.block_on(self.run_turns(inputs, peers))
+    }
+
+    async fn run_turns(
+        mut self,
+        mut inputs: mpsc::Receiver<DriverInput>,
+        mut peers: mpsc::Receiver<Inbound<Wire>>,
+    ) -> Result<(), String> {
+        let _alive = AliveGuard::new(self.metrics.clone());
+        // Re-apply what the log holds beyond the snapshot.
+        let replay_started = Instant::now();
+        self.process_ready()?;
+        let current_round = self.kv.applied_upto().0;
+        tracing::info!(
+            node = self.cfg.id,
+            current_round,
+            snapshot_round = self.last_snapshot_round,
+            replayed_rounds = current_round.saturating_sub(self.last_snapshot_round),
+            ms = replay_started.elapsed().as_millis() as u64,
+            "replica started: recovery replayed the log beyond the snapshot"
+        );
+        self.publish();
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut peers_open = true;
+        'outer: loop {
+            let first = tokio::select! {
+                biased;
+                input = inputs.recv() => match input {
+                    Some(input) => TurnStart::Client(input),
+                    None => break 'outer,
+                },
+                inbound = peers.recv(), if peers_open => match inbound {
+                    Some(inbound) => TurnStart::Peer(inbound),
+                    None => {
+                        peers_open = false;
+                        continue;
+                    }
+                },
+                _ = ticker.tick() => TurnStart::Tick,
+            };
+            // Time first: after a stall (a slow fsync, SIGSTOP, a starved
+            // thread) the inputs that queued meanwhile must be judged at the
+            // real time, or a lease that expired during the stall would
+            // still look valid to the reads among them.
+            self.advance_clock();
+            match first {
+                TurnStart::Client(input) => {
+                    if !self.handle(input)? {
+                        break 'outer;
+                    }
+                }
+                TurnStart::Peer(inbound) => self.on_peer(inbound.from, inbound.message)?,
+                TurnStart::Tick => self.on_timers(),
+            }
+            // Take whatever else is queued into the same turn (one fsync).
+            for _ in 0..MAX_INPUTS_PER_TURN {
+                let mut progressed = false;
+                if let Ok(input) = inputs.try_recv() {
+                    progressed = true;
+                    if !self.handle(input)? {
+                        break 'outer;
+                    }
+                }
+                if let Ok(inbound) = peers.try_recv() {
+                    progressed = true;
+                    self.on_peer(inbound.from, inbound.message)?;
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            self.process_ready()?;
+            self.publish();
+        }
+        self.fail_everything("the replica is shutting down");
+        tracing::info!(node = self.cfg.id, "replica stopped");
+        Ok(())
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, input: DriverInput) -> Result<bool, String> {
+        match input {
+            DriverInput::Write(request) => self.start_write(request),
+            DriverInput::Read(request) => self.start_read(request),
+            DriverInput::Shutdown => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn process_ready(&mut self) -> Result<(), String> {
+        // Applying and events can produce more work; a few rounds settle it.
+        for _ in 0..8 {
+            // Reads, and writes waiting for a barrier, that the previous
+            // round made possible (their proposals join this round's Ready).
+            self.serve_applied_reads();
+            let ready = self.replica.ready();
+            if ready.is_empty() {
+                break;
+            }
+            // 1. What needs no durability goes out now, so followers fsync
+            // while we do; then our records become durable (one fsync).
+            let mut ready = ready;
+            let messages = std::mem::take(&mut ready.messages);
+            let (early, durable_only): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|e| ready.may_send_before_sync(&e.message));
+            for envelope in early {
+                self.transport
+                    .send(envelope.to.0, Wire::Core(envelope.message));
+            }
+            // Chosen entries are facts (a quorum made them durable), so with
+            // more than one replica they are applied and answered before
+            // this turn's fsync, which covers only newer records.
+            let mut apply = Some(ready.apply);
+            if self.replica.config().cluster_size > 1 {
+                for (slot, entry) in apply.take().into_iter().flatten() {
+                    self.apply(slot, &entry);
+                }
+            }
+            if !ready.persist.is_empty() {
+                // Chosen marks alone need no fsync (they can be learned
+                // again), which keeps an fsync off the path from a quorum's
+                // acknowledgement to the client's answer.
+                let needs_sync = ready.persist.iter().any(|r| r.needs_sync());
+                let started = Instant::now();
+                if needs_sync {
+                    if let Some(stall) = self.test_hooks.take_fsync_stall() {
+                        // Test hook: a slow fdatasync (the thread blocks).
+                        std::thread::sleep(stall);
+                    }
+                }
+                self.wal
+                    .append(&ready.persist)
+                    .and_then(|()| {
+                        if needs_sync {
+                            self.wal.sync()
+                        } else {
+                            self.wal.flush()
+                        }
+                    })
+                    .map_err(|e| format!("write-ahead log failed: {e}"))?;
+                if needs_sync {
+                    self.metrics
+                        .wal_fsync_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .wal_batch_records
+                        .observe(ready.persist.len() as f64);
+                }
+            }
+            // 2. Then promises and acknowledgements.
+            for envelope in durable_only {
+                self.transport
+                    .send(envelope.to.0, Wire::Core(envelope.message));
+            }
+            // 3. A single replica's own vote is the quorum: apply only now.
+            for (slot, entry) in apply.into_iter().flatten() {
+                self.apply(slot, &entry);
+            }
+            // 4. Events.
+            for event in ready.events {
+                self.on_event(event);
+            }
+        }
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, slot: Slot, entry: &Entry) {
+        let output = self.kv.apply(slot, entry);
+        self.metrics.commits.inc();
+        if let Some(id) = entry.request_id() {
+            if let Some(write) = self.writes.remove(&id) {
+                let _ = write.reply.send(Ok(output));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::LeaderChanged { leader, ballot } => {
+                if leader != self.last_leader {
+                    self.metrics.leader_changes.inc();
+                }
+                let previous = self.last_leader.map(|l| l.0);
+                self.last_leader = leader;
+                let role = self.replica.role();
+                let message = if leader == Some(NodeId(self.cfg.id)) {
+                    "elected leader"
+                } else if leader.is_none() {
+                    "leader lost: no leader known"
+                } else {
+                    "leader changed"
+                };
+                tracing::info!(
+                    node = self.cfg.id,
+                    leader = leader.map(|l| l.0),
+                    previous_leader = previous,
+                    %ballot,
+                    role = ?role,
+                    current_round = self.kv.applied_upto().0,
+                    "{message}"
+                );
+            }
+            Event::ProposalDropped { id, reason } => {
+                if self.writes.contains_key(&id) {
+                    let delay = match reason {
+                        DropReason::NotLeader | DropReason::Lost => Duration::ZERO,
+                        DropReason::Overloaded => RETRY_INTERVAL,
+                    };
+                    self.write_retries.push_back((Instant::now() + delay, id));
+                }
+            }
+            Event::ReadReady {
+                read_id,
+                read_index,
+            } => {
+                if let Some(read) = self.reads_awaiting_index.remove(&read_id) {
+                    self.reads_awaiting_apply
+                        .insert((read_index.0, read_id), read);
+                }
+            }
+            Event::ReadFailed { read_id, .. } => {
+                if let Some(read) = self.reads_awaiting_index.remove(&read_id) {
+                    self.reads_to_retry.insert(read_id, read);
+                    self.read_retries
+                        .push_back((Instant::now() + RETRY_INTERVAL, read_id));
+                }
+            }
+            Event::SnapshotNeeded { from, log_start } => {
+                self.request_snapshot(from, log_start);
+            }
+        }
+    }
+
+    fn on_peer(&mut self, from: u32, wire: Wire) -> Result<(), String> {
+        if self.test_hooks.deaf_to_peers() {
+            return Ok(());
+        }
+        match wire {
+            Wire::Core(message) => self.on_core_message(from, message),
+            Wire::SnapshotRequest { log_start, offset } => {
+                let newest = self.last_snapshot_round;
+                let slot = log_start.unwrap_or(Slot(newest));
+                let reply = if slot.0 == 0 {
+                    Wire::SnapshotUnavailable
+                } else {
+                    match self
+                        .snapshots
+                        .read_chunk(slot, offset, SNAPSHOT_CHUNK_BYTES)
+                    {
+                        Ok(chunk) => Wire::SnapshotChunk {
+                            log_start: chunk.log_start,
+                            offset: chunk.offset,
+                            data: chunk.data,
+                            total_len: chunk.total_len,
+                            total_crc: chunk.total_crc,
+                            chunk_crc: chunk.chunk_crc,
+                        },
+                        Err(e) => {
+                            tracing::warn!(node = self.cfg.id, peer = from, error = %e, "cannot serve snapshot chunk");
+                            Wire::SnapshotUnavailable
+                        }
+                    }
+                };
+                self.transport.send(from, reply);
+            }
+            Wire::SnapshotChunk {
+                log_start,
+                offset,
+                data,
+                total_len,
+                total_crc,
+                chunk_crc,
+            } => self.on_snapshot_chunk(
+                from, log_start, offset, data, total_len, total_crc, chunk_crc,
+            )?,
+            Wire::SnapshotUnavailable => {
+                if self
+                    .incoming_snapshot
+                    .as_ref()
+                    .is_some_and(|i| i.from.0 == from)
+                {
+                    self.abandon_snapshot_transfer();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_core_message(&mut self, from: u32, message: Message) {
+        if let Some(chosen) = chosen_hint(&message) {
+            if chosen.0 > self.heard_chosen {
+                self.heard_chosen = chosen.0;
+                self.note_lag(from);
+            }
+        }
+        self.replica.step(NodeId(from), message);
+    }
+
+    /// Uptime, for status pages.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// A random 64-bit value from the OS-seeded hasher keys. Read ids start
+/// here, so a leader's reply meant for this replica's previous incarnation
+/// (still in flight after a restart) matches no read of this one.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// The highest chosen round a peer's message tells of, if any.
+fn chosen_hint(message: &Message) -> Option<Slot> {
+    match message {
+        Message::Prepare { chosen_upto, .. }
+        | Message::Promise { chosen_upto, .. }
+        | Message::Accepted { chosen_upto, .. }
+        | Message::Reject { chosen_upto, .. }
+        | Message::HeartbeatAck { chosen_upto, .. }
+        | Message::CatchUpReply { chosen_upto, .. } => Some(*chosen_upto),
+        Message::Accept { commit_upto, .. } | Message::Heartbeat { commit_upto, .. } => {
+            Some(*commit_upto)
+        }
+        _ => None,
+    }
+}
