@@ -14,7 +14,8 @@ pub mod wire;
 pub use config::NodeConfig;
 pub use error::ServerError;
 
-use driver::{Driver, DriverInput};
+use driver::io::SystemClock;
+use driver::{Driver, DriverInput, DriverIo};
 use paxlog_core::{Config as CoreConfig, DurableState, NodeId, Replica, StateMachine};
 use paxlog_kv::{KvOptions, KvStore};
 use paxlog_storage::{DataDir, Recovery, SnapshotStore, Wal, WalOptions};
@@ -109,13 +110,18 @@ pub async fn run_node(
     // straight from the transport's (no task in between).
     let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
 
+    let io = DriverIo {
+        log: Box::new(wal),
+        snapshots: Box::new(snapshots),
+        network: Box::new(transport.clone()),
+        clock: Box::new(SystemClock),
+        seed: driver::random_u64(),
+    };
     let driver = Driver::new(
         cfg.clone(),
         replica,
         kv,
-        wal,
-        snapshots,
-        transport.clone(),
+        io,
         last_snapshot_round,
         metrics.clone(),
     );

@@ -22,8 +22,7 @@ use paxlog_core::{
     Slot, StateMachine, StatusReport,
 };
 use paxlog_kv::{ApplyOutput, ApplyResult, ErrorKind, KvCommand, KvRequest, KvStore};
-use paxlog_storage::{SnapshotReceiver, SnapshotStore, Wal};
-use paxlog_transport::{Inbound, PeerStatus, TransportHandle};
+use paxlog_transport::{Inbound, PeerStatus};
 use serde::Serialize;
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -33,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod api;
+pub mod io;
 mod observe;
 mod reads;
 mod snapshots;
@@ -41,6 +41,7 @@ mod timers;
 mod writes;
 
 pub use api::*;
+use io::{Clock, LogStorage, PeerNetwork, SnapshotReceiving, SnapshotStorage};
 use observe::{AliveGuard, CatchUp};
 use snapshots::IncomingSnapshot;
 use test_hooks::TestHooks;
@@ -91,9 +92,10 @@ pub struct Driver {
     cfg: NodeConfig,
     replica: Replica,
     kv: KvStore,
-    wal: Wal,
-    snapshots: SnapshotStore,
-    transport: TransportHandle<Wire>,
+    wal: Box<dyn LogStorage>,
+    snapshots: Box<dyn SnapshotStorage>,
+    transport: Box<dyn PeerNetwork>,
+    clock: Box<dyn Clock>,
     writes: HashMap<RequestId, PendingWrite>,
     write_retries: VecDeque<(Instant, RequestId)>,
     /// Writes proposed and not heard of since: a leader that crashed with
@@ -124,6 +126,18 @@ pub struct Driver {
     test_hooks: TestHooks,
 }
 
+/// The driver's outside world (see `io`).
+pub struct DriverIo {
+    pub log: Box<dyn LogStorage>,
+    pub snapshots: Box<dyn SnapshotStorage>,
+    pub network: Box<dyn PeerNetwork>,
+    pub clock: Box<dyn Clock>,
+    /// Where read ids start. Random in a server, so a leader's reply meant
+    /// for this replica's previous incarnation (still in flight after a
+    /// restart) matches no read of this one; from the seed in the simulator.
+    pub seed: u64,
+}
+
 /// How a turn began (see `run_turns`).
 enum TurnStart {
     Client(DriverInput),
@@ -132,17 +146,15 @@ enum TurnStart {
 }
 
 impl Driver {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NodeConfig,
         replica: Replica,
         kv: KvStore,
-        wal: Wal,
-        snapshots: SnapshotStore,
-        transport: TransportHandle<Wire>,
+        io: DriverIo,
         last_snapshot_round: u64,
         metrics: Arc<Metrics>,
     ) -> Driver {
+        let now = io.clock.now();
         let reproposal_interval = Duration::from_millis(2 * cfg.tick_ms * cfg.election_ticks);
         let test_hooks = TestHooks::from_env(&cfg.data_dir);
         Driver {
@@ -151,25 +163,26 @@ impl Driver {
             cfg,
             replica,
             kv,
-            wal,
-            snapshots,
-            transport,
+            wal: io.log,
+            snapshots: io.snapshots,
+            transport: io.network,
+            clock: io.clock,
             writes: HashMap::new(),
             write_retries: VecDeque::new(),
             reads_awaiting_index: HashMap::new(),
             reads_awaiting_apply: BTreeMap::new(),
             read_retries: VecDeque::new(),
             reads_to_retry: HashMap::new(),
-            next_read_id: random_u64(),
+            next_read_id: io.seed,
             timeouts: BinaryHeap::new(),
             last_snapshot_round,
             incoming_snapshot: None,
-            started: Instant::now(),
+            started: now,
             ticks_done: 0,
             metrics,
             heard_chosen: 0,
             last_leader: None,
-            next_slow_publish: Instant::now(),
+            next_slow_publish: now,
             catch_up: None,
             test_hooks,
         }
@@ -198,19 +211,7 @@ impl Driver {
         mut peers: mpsc::Receiver<Inbound<Wire>>,
     ) -> Result<(), String> {
         let _alive = AliveGuard::new(self.metrics.clone());
-        // Re-apply what the log holds beyond the snapshot.
-        let replay_started = Instant::now();
-        self.process_ready()?;
-        let current_round = self.kv.applied_upto().0;
-        tracing::info!(
-            node = self.cfg.id,
-            current_round,
-            snapshot_round = self.last_snapshot_round,
-            replayed_rounds = current_round.saturating_sub(self.last_snapshot_round),
-            ms = replay_started.elapsed().as_millis() as u64,
-            "replica started: recovery replayed the log beyond the snapshot"
-        );
-        self.publish();
+        self.start()?;
         let mut ticker = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut peers_open = true;
@@ -234,49 +235,109 @@ impl Driver {
             // thread) the inputs that queued meanwhile must be judged at the
             // real time, or a lease that expired during the stall would
             // still look valid to the reads among them.
-            self.advance_clock();
+            self.begin_turn();
             match first {
                 TurnStart::Client(input) => {
-                    if !self.handle(input)? {
+                    if !self.client_input(input)? {
                         break 'outer;
                     }
                 }
-                TurnStart::Peer(inbound) => self.on_peer(inbound.from, inbound.message)?,
-                TurnStart::Tick => self.on_timers(),
+                TurnStart::Peer(inbound) => self.peer_input(inbound.from, inbound.message)?,
+                TurnStart::Tick => self.timers(),
             }
             // Take whatever else is queued into the same turn (one fsync).
             for _ in 0..MAX_INPUTS_PER_TURN {
                 let mut progressed = false;
                 if let Ok(input) = inputs.try_recv() {
                     progressed = true;
-                    if !self.handle(input)? {
+                    if !self.client_input(input)? {
                         break 'outer;
                     }
                 }
                 if let Ok(inbound) = peers.try_recv() {
                     progressed = true;
-                    self.on_peer(inbound.from, inbound.message)?;
+                    self.peer_input(inbound.from, inbound.message)?;
                 }
                 if !progressed {
                     break;
                 }
             }
-            self.process_ready()?;
-            self.publish();
+            self.end_turn()?;
         }
-        self.fail_everything("the replica is shutting down");
+        self.stop("the replica is shutting down");
         tracing::info!(node = self.cfg.id, "replica stopped");
         Ok(())
     }
 
-    /// Returns false on shutdown.
-    fn handle(&mut self, input: DriverInput) -> Result<bool, String> {
+    // ----- a turn, step by step: the loop above and the simulator ----------
+    //
+    // An error from any step is fatal for the replica (a failed fsync, a log
+    // that cannot be written): it must stop and restart from its disk.
+
+    /// Re-applies what the log holds beyond the snapshot. Call once, first.
+    pub fn start(&mut self) -> Result<(), String> {
+        let replay_started = Instant::now();
+        self.process_ready()?;
+        let current_round = self.kv.applied_upto().0;
+        tracing::info!(
+            node = self.cfg.id,
+            current_round,
+            snapshot_round = self.last_snapshot_round,
+            replayed_rounds = current_round.saturating_sub(self.last_snapshot_round),
+            ms = replay_started.elapsed().as_millis() as u64,
+            "replica started: recovery replayed the log beyond the snapshot"
+        );
+        self.publish();
+        Ok(())
+    }
+
+    /// Begins a turn: time first. After a stall the inputs that queued
+    /// meanwhile are judged at the real time.
+    pub fn begin_turn(&mut self) {
+        self.advance_clock();
+    }
+
+    /// A client request. Returns false on `Shutdown`.
+    pub fn client_input(&mut self, input: DriverInput) -> Result<bool, String> {
         match input {
             DriverInput::Write(request) => self.start_write(request),
             DriverInput::Read(request) => self.start_read(request),
             DriverInput::Shutdown => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// A message from replica `from`.
+    pub fn peer_input(&mut self, from: u32, wire: Wire) -> Result<(), String> {
+        self.on_peer(from, wire)
+    }
+
+    /// Retries, re-proposals, deadlines, stalled transfers (each tick).
+    pub fn timers(&mut self) {
+        self.on_timers();
+    }
+
+    /// Ends a turn: the core's `Ready` is persisted, sent, applied and
+    /// answered; then metrics are published.
+    pub fn end_turn(&mut self) -> Result<(), String> {
+        self.process_ready()?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Fails every request still waiting here.
+    pub fn stop(&mut self, reason: &str) {
+        self.fail_everything(reason);
+    }
+
+    /// The consensus core, for status and checks.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The database, for status and checks.
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
     }
 
     fn process_ready(&mut self) -> Result<(), String> {
@@ -400,7 +461,7 @@ impl Driver {
                         DropReason::NotLeader | DropReason::Lost => Duration::ZERO,
                         DropReason::Overloaded => RETRY_INTERVAL,
                     };
-                    self.write_retries.push_back((Instant::now() + delay, id));
+                    self.write_retries.push_back((self.clock.now() + delay, id));
                 }
             }
             Event::ReadReady {
@@ -416,7 +477,7 @@ impl Driver {
                 if let Some(read) = self.reads_awaiting_index.remove(&read_id) {
                     self.reads_to_retry.insert(read_id, read);
                     self.read_retries
-                        .push_back((Instant::now() + RETRY_INTERVAL, read_id));
+                        .push_back((self.clock.now() + RETRY_INTERVAL, read_id));
                 }
             }
             Event::SnapshotNeeded { from, log_start } => {
@@ -496,10 +557,8 @@ impl Driver {
     }
 }
 
-/// A random 64-bit value from the OS-seeded hasher keys. Read ids start
-/// here, so a leader's reply meant for this replica's previous incarnation
-/// (still in flight after a restart) matches no read of this one.
-fn random_u64() -> u64 {
+/// A random 64-bit value from the OS-seeded hasher keys.
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

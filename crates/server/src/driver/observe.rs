@@ -45,7 +45,7 @@ impl Driver {
         m.published
             .set_state(role, leader.map(|l| l.0), applied, chosen, known_chosen);
         self.track_catch_up(applied, known_chosen, leader);
-        let now = Instant::now();
+        let now = self.clock.now();
         if now < self.next_slow_publish {
             return;
         }

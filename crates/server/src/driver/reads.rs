@@ -42,7 +42,7 @@ impl Driver {
             Err(_) => {
                 self.reads_to_retry.insert(read_id, read);
                 self.read_retries
-                    .push_back((Instant::now() + RETRY_INTERVAL, read_id));
+                    .push_back((self.clock.now() + RETRY_INTERVAL, read_id));
             }
         }
     }

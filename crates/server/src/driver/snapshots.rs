@@ -6,7 +6,7 @@ use super::*;
 pub(super) struct IncomingSnapshot {
     pub(super) from: NodeId,
     pub(super) log_start: Option<Slot>,
-    pub(super) receiver: Option<SnapshotReceiver>,
+    pub(super) receiver: Option<Box<dyn SnapshotReceiving>>,
     pub(super) last_progress: Instant,
 }
 
@@ -39,7 +39,7 @@ impl Driver {
             node = self.cfg.id,
             round = applied,
             bytes = image.len(),
-            segments_removed = removed.len(),
+            segments_removed = removed,
             ms = elapsed.as_millis() as u64,
             "snapshot taken, log compacted"
         );
@@ -50,21 +50,17 @@ impl Driver {
     /// if the newest turns out unreadable at a restart, recovery falls back
     /// to the older one and replays the log from there, with every promise
     /// and accept this replica made since still on disk (nothing forgotten).
-    pub(super) fn compact_wal_to_oldest_snapshot(
-        &mut self,
-    ) -> Result<Vec<std::path::PathBuf>, String> {
+    pub(super) fn compact_wal_to_oldest_snapshot(&mut self) -> Result<usize, String> {
         let oldest = self
             .snapshots
-            .list()
-            .map_err(|e| format!("cannot list snapshots: {e}"))?
-            .first()
-            .map(|(slot, _)| *slot);
+            .oldest()
+            .map_err(|e| format!("cannot list snapshots: {e}"))?;
         match oldest {
             Some(slot) => self
                 .wal
                 .compact(slot)
                 .map_err(|e| format!("log compaction failed: {e}")),
-            None => Ok(Vec::new()),
+            None => Ok(0),
         }
     }
 
@@ -82,7 +78,7 @@ impl Driver {
             from,
             log_start: None,
             receiver: None,
-            last_progress: Instant::now(),
+            last_progress: self.clock.now(),
         });
         self.transport.send(
             from.0,
@@ -140,7 +136,7 @@ impl Driver {
             return Ok(());
         }
         if incoming.log_start != Some(log_start) || incoming.receiver.is_none() {
-            let receiver = match self.snapshots.receiver(log_start, total_len, total_crc) {
+            let receiver = match self.snapshots.receive(log_start, total_len, total_crc) {
                 Ok(receiver) => receiver,
                 Err(e) => {
                     // E.g. a size over max_snapshot_bytes: refuse this
@@ -153,7 +149,7 @@ impl Driver {
             incoming.log_start = Some(log_start);
             incoming.receiver = Some(receiver);
         }
-        incoming.last_progress = Instant::now();
+        incoming.last_progress = self.clock.now();
         let Some(receiver) = incoming.receiver.as_mut() else {
             return Ok(());
         };
@@ -182,24 +178,31 @@ impl Driver {
         let Some(receiver) = incoming.receiver else {
             return Ok(());
         };
-        let (slot, path) = match receiver.finalize() {
-            Ok(done) => done,
+        let slot = match receiver.finalize() {
+            Ok(slot) => slot,
             Err(e) => {
                 tracing::warn!(node = self.cfg.id, error = %e, "received snapshot failed verification");
                 return Ok(());
             }
         };
-        let image = self
-            .snapshots
-            .load(slot)
-            .map_err(|e| format!("cannot read received snapshot {}: {e}", path.display()))?;
         let mut restored = KvStore::new(self.kv.options());
-        let refused = match restored.restore(&image) {
-            Err(e) => Some(format!("it does not restore: {e}")),
-            Ok(()) if restored.applied_upto() != slot => {
+        let mut image_len = 0;
+        let refused = match self.snapshots.load(slot) {
+            Err(e) => Some(format!("it cannot be read back: {e}")),
+            Ok(image) => {
+                image_len = image.len();
+                restored
+                    .restore(&image)
+                    .err()
+                    .map(|e| format!("it does not restore: {e}"))
+            }
+        };
+        let refused = match refused {
+            Some(reason) => Some(reason),
+            None if restored.applied_upto() != slot => {
                 Some("it covers another round than announced".to_string())
             }
-            Ok(()) => None,
+            None => None,
         };
         if let Some(reason) = refused {
             tracing::warn!(
@@ -235,7 +238,7 @@ impl Driver {
         self.metrics.snapshot_installs.inc();
         self.metrics
             .snapshot_bytes
-            .set(gauge_value(image.len() as u64));
+            .set(gauge_value(image_len as u64));
         if let Some(catch_up) = &mut self.catch_up {
             catch_up.snapshot_installed = true;
         }
@@ -245,7 +248,7 @@ impl Driver {
             round = slot.0,
             from,
             rounds,
-            bytes = image.len(),
+            bytes = image_len,
             "installed snapshot from peer: skipped {rounds} rounds"
         );
         Ok(())

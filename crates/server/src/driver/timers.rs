@@ -8,7 +8,12 @@ impl Driver {
     /// catches up, so its timeouts never run slow. A long stall is capped:
     /// by then every lease and election timer has expired.
     pub(super) fn advance_clock(&mut self) {
-        let due = (self.started.elapsed().as_millis() as u64) / self.cfg.tick_ms.max(1);
+        let due = (self
+            .clock
+            .now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64)
+            / self.cfg.tick_ms.max(1);
         let behind = due.saturating_sub(self.ticks_done);
         let cap = 4 * self.cfg.election_ticks.max(1);
         for _ in 0..behind.min(cap) {
@@ -19,7 +24,7 @@ impl Driver {
 
     /// Retries, re-proposals, deadlines and snapshot-transfer stalls.
     pub(super) fn on_timers(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         while let Some(&(at, id)) = self.write_retries.front() {
             if at > now {
                 break;
@@ -60,7 +65,7 @@ impl Driver {
         match key {
             TimeoutKey::Write(id) => {
                 if let Some(write) = self.writes.get(&id) {
-                    if write.deadline > Instant::now() {
+                    if write.deadline > self.clock.now() {
                         return;
                     }
                 }

@@ -87,11 +87,11 @@ impl Driver {
         match self.replica.propose(proposal) {
             Ok(_) => {
                 self.reproposals
-                    .push_back((Instant::now() + self.reproposal_interval, id));
+                    .push_back((self.clock.now() + self.reproposal_interval, id));
             }
             Err(ProposeError::NoLeader) | Err(ProposeError::Overloaded) => {
                 self.write_retries
-                    .push_back((Instant::now() + RETRY_INTERVAL, id));
+                    .push_back((self.clock.now() + RETRY_INTERVAL, id));
             }
         }
     }
