@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use paxlog_server::NodeConfig;
+use paxlog_server::{InitialClusterState, NodeConfig};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -246,6 +246,18 @@ struct NodeArgs {
     snapshot_every: Option<u64>,
     #[arg(long, env = "PAXLOG_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// What an empty data folder becomes: `new` bootstraps a new cluster;
+    /// `existing` joins a running one, e.g. to replace a lost disk (the
+    /// replica then recovers from the others before it votes). Required
+    /// for an empty folder; ignored once it holds data.
+    #[arg(long, value_enum, env = "PAXLOG_INITIAL_CLUSTER_STATE")]
+    initial_cluster_state: Option<ClusterStateArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClusterStateArg {
+    New,
+    Existing,
 }
 
 #[derive(Args)]
@@ -614,6 +626,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     if let Some(v) = args.http_peers {
         cfg.http_peers = v;
     }
+    if let Some(v) = args.initial_cluster_state {
+        cfg.initial_cluster_state = Some(match v {
+            ClusterStateArg::New => InitialClusterState::New,
+            ClusterStateArg::Existing => InitialClusterState::Existing,
+        });
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -675,6 +693,8 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
             cfg.snapshot_every_rounds = every;
         }
         cfg.http_peers = http_peers.clone();
+        // `paxlog cluster` is the explicit act that bootstraps its folders.
+        cfg.initial_cluster_state = Some(InitialClusterState::New);
         if let Some(dir) = &args.tls_dir {
             cfg.tls_cert = Some(dir.join(format!("node-{i}.pem")));
             cfg.tls_key = Some(dir.join(format!("node-{i}-key.pem")));

@@ -34,6 +34,7 @@ fn spawn_node(args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
     Command::new(PAXLOG)
         .arg("node")
+        .args(["--initial-cluster-state", "new"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

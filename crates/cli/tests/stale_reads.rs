@@ -13,6 +13,8 @@
 //! while the retry waits for its read barrier is answered as a duplicate,
 //! not refused with "400, nothing written".
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

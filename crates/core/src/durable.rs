@@ -17,6 +17,11 @@ pub struct DurableState {
     pub accepted: BTreeMap<Slot, (Ballot, Entry)>,
     /// Slots known chosen, with their values.
     pub chosen: BTreeMap<Slot, Entry>,
+    /// This state may lack promises and accepts the replica once made (a
+    /// lost folder, a log cut at its tail): it must recover before it votes.
+    /// Kept by the driver beside the log (not a log record), until the
+    /// core reports `Event::Recovered`.
+    pub recovering: bool,
 }
 
 /// A record that contradicts what was replayed before it: the log is not one

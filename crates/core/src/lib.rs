@@ -15,6 +15,8 @@ pub mod types;
 pub use durable::{DurableState, ReplayError};
 pub use message::{AcceptedValue, Envelope, Message};
 pub use ready::{DropReason, Event, PersistRecord, ReadFailure, Ready};
-pub use replica::{Bugs, Config, PeerReport, ProposeError, Replica, Role, StatusReport, Submitted};
+pub use replica::{
+    Bugs, Config, PeerReport, ProposeError, RecoveryStatus, Replica, Role, StatusReport, Submitted,
+};
 pub use state_machine::StateMachine;
 pub use types::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};

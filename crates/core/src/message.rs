@@ -107,6 +107,21 @@ pub enum Message {
         read_id: u64,
         read_index: Option<Slot>,
     },
+    /// A replica that may have forgotten its promises and accepts (a lost or
+    /// damaged disk) asks what the others promised and accepted.
+    RecoveryQuery { nonce: u64, from_slot: Slot },
+    /// The answer, from a replica that is not recovering itself: its
+    /// promise, its chosen prefix, and every value it accepted from
+    /// `max(from_slot, chosen_upto)` on (`complete` is false when the
+    /// message bound cut the list short).
+    RecoveryReply {
+        nonce: u64,
+        promised: Ballot,
+        log_start: Slot,
+        chosen_upto: Slot,
+        accepted: Vec<AcceptedValue>,
+        complete: bool,
+    },
 }
 
 impl Message {
@@ -123,6 +138,7 @@ impl Message {
                 | Message::Accepted { .. }
                 | Message::Reject { .. }
                 | Message::HeartbeatAck { .. }
+                | Message::RecoveryReply { .. }
         )
     }
 
@@ -143,6 +159,8 @@ impl Message {
             Message::ForwardDropped { .. } => "forward_dropped",
             Message::ReadIndexRequest { .. } => "read_index_request",
             Message::ReadIndexReply { .. } => "read_index_reply",
+            Message::RecoveryQuery { .. } => "recovery_query",
+            Message::RecoveryReply { .. } => "recovery_reply",
         }
     }
 }

@@ -113,6 +113,22 @@ pub enum Event {
         from: NodeId,
         log_start: Slot,
     },
+    /// This replica, which may have forgotten promises and accepts, has
+    /// recovered them from a majority and votes again. Its new promise is
+    /// in this `Ready`'s records: once they are durable, the driver clears
+    /// its "recovering" mark.
+    Recovered {
+        promised: Ballot,
+    },
+    /// `peer` reported another value for `slot` than the one this replica
+    /// knows is chosen: it lost or corrupted its state. Its messages are
+    /// refused from now on (reported once per peer).
+    PeerConflict {
+        peer: NodeId,
+        slot: Slot,
+        ours: Entry,
+        theirs: Entry,
+    },
 }
 
 #[derive(Debug, Default)]

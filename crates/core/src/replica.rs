@@ -95,6 +95,9 @@ pub struct Bugs {
     /// A `Ready` that raises this replica's own promise may still send its
     /// accepts and heartbeats before the fsync (the ballot-reuse bug).
     pub early_send_at_new_ballot: bool,
+    /// A replica that may have forgotten its promises and accepts votes at
+    /// once instead of recovering first.
+    pub skip_recovery: bool,
     /// Record local invariant violations instead of panicking (set whenever
     /// a bug is injected, also from outside the core, e.g. a lossy disk).
     pub record_violations: bool,
@@ -165,6 +168,8 @@ pub struct StatusReport {
     pub pending_proposals: usize,
     pub inflight_slots: usize,
     pub peers: Vec<PeerReport>,
+    /// Set while this replica recovers forgotten state and does not vote.
+    pub recovering: Option<RecoveryStatus>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +239,38 @@ struct Leader {
     reads: VecDeque<PendingRead>,
 }
 
+/// A replica that may have forgotten promises and accepts, until it has
+/// learned them back from a majority of the others (see `recovery_tick`).
+#[derive(Debug)]
+struct Recovery {
+    /// No query before this tick: by then every Phase 1 that could have
+    /// used a promise this replica forgot has completed or been abandoned.
+    quiet_until_tick: u64,
+    nonce: u64,
+    /// Complete replies from the others, for `nonce`.
+    replies: BTreeMap<NodeId, RecoveryReport>,
+    last_query_tick: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct RecoveryReport {
+    promised: Ballot,
+    chosen_upto: Slot,
+    accepted: Vec<AcceptedValue>,
+}
+
+/// What `/status` shows of a recovery in progress.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecoveryStatus {
+    /// Why it cannot vote yet, in words.
+    pub waiting_for: String,
+    /// Replies from other replicas so far, and how many it needs.
+    pub replies: usize,
+    pub replies_needed: usize,
+    /// The chosen prefix it must reach before it votes again.
+    pub target_chosen_upto: Option<Slot>,
+}
+
 /// Rounds remembered for lease anchoring.
 const LEASE_ROUNDS_KEPT: usize = 256;
 
@@ -276,6 +313,11 @@ pub struct Replica {
     /// wins, whoever waits for the proposal is told.
     placed: BTreeMap<Slot, (RequestId, Option<NodeId>)>,
     forward_buffer: Vec<Proposal>,
+    recovery: Option<Recovery>,
+    /// Peers whose messages showed a chosen slot with another value than
+    /// ours (a peer that lost or corrupted its state): their messages are
+    /// refused from then on.
+    distrusted: u64,
     /// Invariant violations seen locally (only with `bugs` on; otherwise a
     /// violation panics).
     violations: Vec<String>,
@@ -320,6 +362,7 @@ impl Replica {
                 },
             );
         }
+        let recovering = durable.recovering && !cfg.bugs.skip_recovery;
         let mut replica = Replica {
             rng: SplitMix64::new(seed ^ (u64::from(cfg.id.0) << 32)),
             now_tick: 0,
@@ -338,10 +381,26 @@ impl Replica {
             snapshot_asked_tick: None,
             placed: BTreeMap::new(),
             forward_buffer: Vec::new(),
+            recovery: None,
+            distrusted: 0,
             violations: Vec::new(),
             out: Ready::default(),
             cfg,
         };
+        if recovering {
+            // Twice the longest election timeout, stretched by the drift
+            // bound: a candidate abandons a Phase 1 by then.
+            let t = replica.cfg.election_timeout_ticks;
+            let drift = replica.cfg.max_clock_drift_percent.min(90);
+            let quiet = 2 * (2 * t) * (100 + drift) / 100;
+            let nonce = replica.rng.next_u64();
+            replica.recovery = Some(Recovery {
+                quiet_until_tick: quiet,
+                nonce,
+                replies: BTreeMap::new(),
+                last_query_tick: None,
+            });
+        }
         replica.reset_election_timer(0);
         replica.advance_chosen();
         replica
@@ -400,6 +459,11 @@ impl Replica {
             .map(|(slot, s)| (*slot, &s.entry))
     }
 
+    /// Does this replica still recover forgotten state (and not vote)?
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
+    }
+
     pub fn violations(&self) -> &[String] {
         &self.violations
     }
@@ -441,6 +505,7 @@ impl Replica {
             pending_proposals: pending,
             inflight_slots: inflight,
             peers,
+            recovering: self.recovery_status(),
         }
     }
 
@@ -542,6 +607,12 @@ impl Replica {
         self.now_tick += 1;
         let now = self.now_tick;
         let hb = self.cfg.heartbeat_interval_ticks;
+        if self.recovery.is_some() {
+            // It may not vote, not even for itself.
+            self.recovery_tick();
+            self.maybe_pull_catch_up();
+            return;
+        }
         match &mut self.role {
             RoleState::Follower => {
                 if now >= self.election_deadline_tick {
@@ -582,6 +653,9 @@ impl Replica {
     /// Processes one message from a peer.
     pub fn step(&mut self, from: NodeId, message: Message) {
         if from == self.cfg.id || from.0 >= self.cfg.cluster_size {
+            return;
+        }
+        if self.distrusted & bit(from) != 0 {
             return;
         }
         match message {
@@ -689,6 +763,17 @@ impl Replica {
                 };
                 self.out.events.push(event);
             }
+            Message::RecoveryQuery { nonce, from_slot } => {
+                self.on_recovery_query(from, nonce, from_slot)
+            }
+            Message::RecoveryReply {
+                nonce,
+                promised,
+                log_start: _,
+                chosen_upto,
+                accepted,
+                complete,
+            } => self.on_recovery_reply(from, nonce, promised, chosen_upto, accepted, complete),
         }
     }
 
@@ -736,6 +821,11 @@ impl Replica {
 
     fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         self.highest_seen = self.highest_seen.max(ballot);
+        if self.recovery.is_some() {
+            // No vote with state it may have forgotten: no promise, and no
+            // refusal either (it knows nothing worth reporting).
+            return;
+        }
         if ballot < self.promised || (ballot > self.promised && self.hears_live_leader(from)) {
             // Below our promise, or we still hear a live leader and will not
             // help depose it (leader stickiness).
@@ -777,6 +867,11 @@ impl Replica {
         entries: Vec<Entry>,
         commit_upto: Slot,
     ) {
+        if self.recovery.is_some() {
+            self.highest_seen = self.highest_seen.max(ballot);
+            self.note_peer_progress(from, commit_upto);
+            return;
+        }
         if !self.admit_leader(from, ballot) {
             return;
         }
@@ -789,11 +884,9 @@ impl Replica {
             match self.log.get_mut(&slot) {
                 Some(existing) if existing.chosen => {
                     if existing.entry != entry {
-                        let msg = format!(
-                            "{}: accept for chosen slot {slot} carries another value",
-                            self.cfg.id
-                        );
-                        self.violation(msg);
+                        let ours = existing.entry.clone();
+                        self.peer_conflict(from, slot, ours, entry);
+                        return;
                     } else if existing.ballot != ballot {
                         // Our acknowledgement says "accepted at `ballot`": make
                         // it true on disk too (the chosen mark may not be
@@ -818,6 +911,13 @@ impl Replica {
     }
 
     fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit_upto: Slot, read_round: u64) {
+        if self.recovery.is_some() {
+            // No acknowledgement: it would count toward the leader's lease
+            // and read quorums.
+            self.highest_seen = self.highest_seen.max(ballot);
+            self.note_peer_progress(from, commit_upto);
+            return;
+        }
         if !self.admit_leader(from, ballot) {
             return;
         }
@@ -934,6 +1034,13 @@ impl Replica {
     /// Records that `slot` is chosen. `value` is `None` when the chosen value
     /// is the one in our log (we accepted it at the choosing ballot).
     fn mark_chosen(&mut self, slot: Slot, value: Option<Entry>) {
+        self.mark_chosen_from(None, slot, value);
+    }
+
+    /// `mark_chosen`, with the peer whose message says so (if any): a peer
+    /// that reports another value for a slot we know chosen has lost or
+    /// corrupted its state, and is refused rather than crashing us.
+    fn mark_chosen_from(&mut self, source: Option<NodeId>, slot: Slot, value: Option<Entry>) {
         if slot < self.log_start {
             return;
         }
@@ -942,8 +1049,15 @@ impl Replica {
             (Some(existing), value) if existing.chosen => {
                 if let Some(value) = value {
                     if value != existing.entry {
-                        let msg = format!("{me}: slot {slot} chosen with two different values");
-                        self.violation(msg);
+                        let ours = existing.entry.clone();
+                        match source {
+                            Some(peer) => self.peer_conflict(peer, slot, ours, value),
+                            None => {
+                                let msg =
+                                    format!("{me}: slot {slot} chosen with two different values");
+                                self.violation(msg);
+                            }
+                        }
                     }
                 }
                 return;
@@ -1008,6 +1122,36 @@ impl Replica {
             }
             self.applied_upto = slot.next();
         }
+    }
+
+    /// `peer` showed `slot` chosen (or accepted at a committed position)
+    /// with `theirs` where we know `ours` is chosen: it lost or corrupted its
+    /// state. Refuse its messages from now on, report it once, keep serving.
+    fn peer_conflict(&mut self, peer: NodeId, slot: Slot, ours: Entry, theirs: Entry) {
+        if self.distrusted & bit(peer) != 0 {
+            return;
+        }
+        self.distrusted |= bit(peer);
+        if self.cfg.bugs.any() && self.violations.len() < 100 {
+            // Under a planted bug, keep the simulator's record of it.
+            self.violations.push(format!(
+                "{}: {peer} reports slot {slot} chosen with another value",
+                self.cfg.id
+            ));
+        }
+        self.out.events.push(Event::PeerConflict {
+            peer,
+            slot,
+            ours,
+            theirs,
+        });
+    }
+
+    /// Peers refused for reporting another value for a chosen slot.
+    pub fn distrusted_peers(&self) -> Vec<NodeId> {
+        self.peer_ids()
+            .filter(|p| self.distrusted & bit(*p) != 0)
+            .collect()
     }
 
     fn violation(&mut self, message: String) {
@@ -1125,8 +1269,11 @@ impl Replica {
         let before = self.chosen_upto;
         for (offset, entry) in entries.into_iter().enumerate() {
             let slot = Slot(first_slot.0 + offset as u64);
-            if slot >= self.chosen_upto {
-                self.mark_chosen(slot, Some(entry));
+            if self.distrusted & bit(from) != 0 {
+                return;
+            }
+            if slot >= self.chosen_upto || self.log.get(&slot).is_some_and(|s| s.chosen) {
+                self.mark_chosen_from(Some(from), slot, Some(entry));
             }
         }
         self.advance_chosen();
@@ -1155,6 +1302,223 @@ impl Replica {
         self.out
             .events
             .push(Event::SnapshotNeeded { from, log_start });
+    }
+
+    // ----- recovery of forgotten state -------------------------------------
+    //
+    // A replica whose folder was lost or whose log lost synced records is a
+    // new, unknown acceptor: counted in a quorum with empty state it could
+    // help choose a second value for a round already chosen. So it votes in
+    // nothing (no promise, no accept, no heartbeat acknowledgement, no
+    // candidacy) until:
+    // 1. a quiet period has passed (twice the longest election timeout,
+    //    stretched by the drift bound), so every Phase 1 that may have
+    //    counted a promise it forgot has completed or been abandoned;
+    // 2. a majority of the cluster, not counting itself, has told it their
+    //    promise and the values they accepted beyond their chosen prefix.
+    //    Any completed Phase 1 that counted a forgotten promise also counted
+    //    a promise from one of them (two majorities of the cluster, one
+    //    without this replica, share another member), so the highest promise
+    //    reported covers every ballot it may have promised; and every value
+    //    chosen with its forgotten vote was accepted by one of them too;
+    // 3. it has learned every slot they report chosen (catch-up) and adopted,
+    //    per slot beyond that, the value with the highest ballot reported.
+    // It then promises the highest ballot reported (only its owner sends
+    // Phase 2 at a ballot, with one value per slot, so equal is enough) and
+    // votes again.
+
+    fn recovery_tick(&mut self) {
+        let now = self.now_tick;
+        let hb = self.cfg.heartbeat_interval_ticks;
+        let from_slot = self.chosen_upto;
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        if now < r.quiet_until_tick {
+            return;
+        }
+        if r.last_query_tick.is_some_and(|t| now - t < 2 * hb) {
+            self.maybe_finish_recovery();
+            return;
+        }
+        r.last_query_tick = Some(now);
+        let nonce = r.nonce;
+        let replied: BTreeSet<NodeId> = r.replies.keys().copied().collect();
+        let silent: Vec<NodeId> = self.peer_ids().filter(|p| !replied.contains(p)).collect();
+        for peer in silent {
+            self.send(peer, Message::RecoveryQuery { nonce, from_slot });
+        }
+        self.maybe_finish_recovery();
+    }
+
+    fn on_recovery_query(&mut self, from: NodeId, nonce: u64, from_slot: Slot) {
+        if self.recovery.is_some() {
+            // What it would report may be forgotten too.
+            return;
+        }
+        let start = from_slot.max(self.chosen_upto).max(self.log_start);
+        let mut accepted = Vec::new();
+        let mut bytes = 0;
+        let mut complete = true;
+        for (slot, s) in self.log.range(start..) {
+            if accepted.len() >= self.cfg.max_entries_per_message
+                || bytes >= self.cfg.max_bytes_per_message
+            {
+                complete = false;
+                break;
+            }
+            bytes += s.entry.size_bytes();
+            accepted.push(AcceptedValue {
+                slot: *slot,
+                ballot: s.ballot,
+                entry: s.entry.clone(),
+                chosen: s.chosen,
+            });
+        }
+        self.send(
+            from,
+            Message::RecoveryReply {
+                nonce,
+                promised: self.promised,
+                log_start: self.log_start,
+                chosen_upto: self.chosen_upto,
+                accepted,
+                complete,
+            },
+        );
+    }
+
+    fn on_recovery_reply(
+        &mut self,
+        from: NodeId,
+        nonce: u64,
+        promised: Ballot,
+        chosen_upto: Slot,
+        accepted: Vec<AcceptedValue>,
+        complete: bool,
+    ) {
+        self.highest_seen = self.highest_seen.max(promised);
+        self.note_peer_progress(from, chosen_upto);
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        if nonce != r.nonce || !complete {
+            // An incomplete list is asked for again (from further on, as
+            // this replica catches up).
+            return;
+        }
+        r.replies.insert(
+            from,
+            RecoveryReport {
+                promised,
+                chosen_upto,
+                accepted,
+            },
+        );
+        self.maybe_finish_recovery();
+    }
+
+    /// The others' replies needed: a majority of the cluster, not counting
+    /// this replica.
+    fn recovery_replies_needed(&self) -> usize {
+        (self.cfg.cluster_size as usize / 2 + 1).min(self.cfg.cluster_size as usize - 1)
+    }
+
+    fn recovery_status(&self) -> Option<RecoveryStatus> {
+        let r = self.recovery.as_ref()?;
+        let needed = self.recovery_replies_needed();
+        let target = r.replies.values().map(|p| p.chosen_upto).max();
+        let waiting_for = if self.now_tick < r.quiet_until_tick {
+            format!(
+                "a quiet period ({} more ticks) before asking the others",
+                r.quiet_until_tick - self.now_tick
+            )
+        } else if r.replies.len() < needed {
+            format!(
+                "answers from {needed} other replicas (a majority of the cluster without this one); {} so far",
+                r.replies.len()
+            )
+        } else {
+            format!(
+                "catching up to round {} (at {})",
+                target.map_or(0, |t| t.0),
+                self.chosen_upto
+            )
+        };
+        Some(RecoveryStatus {
+            waiting_for,
+            replies: r.replies.len(),
+            replies_needed: needed,
+            target_chosen_upto: target,
+        })
+    }
+
+    fn maybe_finish_recovery(&mut self) {
+        let needed = self.recovery_replies_needed();
+        let Some(r) = self.recovery.as_ref() else {
+            return;
+        };
+        if self.cluster_size_is_one() {
+            // Nobody to ask: a single replica that lost its state lost the
+            // cluster's. It stays out (the operator must decide).
+            return;
+        }
+        if r.replies.len() < needed {
+            return;
+        }
+        let target = r
+            .replies
+            .values()
+            .map(|p| p.chosen_upto)
+            .max()
+            .unwrap_or(Slot::ZERO);
+        if self.chosen_upto < target {
+            return; // catching up first
+        }
+        let Some(r) = self.recovery.take() else {
+            return;
+        };
+        let promise = r
+            .replies
+            .values()
+            .map(|p| p.promised)
+            .max()
+            .unwrap_or(Ballot::ZERO);
+        // Per slot beyond the chosen prefix, the value with the highest
+        // ballot reported (ours included).
+        let mut best: BTreeMap<Slot, (Ballot, Entry)> = BTreeMap::new();
+        for report in r.replies.values() {
+            for v in &report.accepted {
+                if v.slot < self.chosen_upto || v.slot < self.log_start {
+                    continue;
+                }
+                let ours = self.log.get(&v.slot).map(|s| s.ballot);
+                if ours.is_some_and(|b| b >= v.ballot) {
+                    continue;
+                }
+                match best.get(&v.slot) {
+                    Some((b, _)) if *b >= v.ballot => {}
+                    _ => {
+                        best.insert(v.slot, (v.ballot, v.entry.clone()));
+                    }
+                }
+            }
+        }
+        for (slot, (ballot, entry)) in best {
+            self.record_accept(slot, ballot, entry);
+        }
+        if promise > self.promised {
+            self.raise_promise(promise);
+        }
+        self.highest_seen = self.highest_seen.max(promise);
+        self.reset_election_timer(0);
+        self.out.events.push(Event::Recovered {
+            promised: self.promised,
+        });
+    }
+
+    fn cluster_size_is_one(&self) -> bool {
+        self.cfg.cluster_size == 1
     }
 
     // ----- election --------------------------------------------------------
@@ -1257,10 +1621,10 @@ impl Replica {
 
     fn become_leader(&mut self, ballot: Ballot, promises: BTreeMap<NodeId, PromiseInfo>) {
         // Learn what peers already know is chosen.
-        for info in promises.values() {
+        for (peer, info) in &promises {
             for value in &info.accepted {
                 if value.chosen && value.slot >= self.chosen_upto {
-                    self.mark_chosen(value.slot, Some(value.entry.clone()));
+                    self.mark_chosen_from(Some(*peer), value.slot, Some(value.entry.clone()));
                 }
             }
         }

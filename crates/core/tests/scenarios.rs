@@ -1178,3 +1178,124 @@ fn installing_a_snapshot_drops_the_applies_it_covers() {
         .collect();
     assert!(below.is_empty(), "applies below the snapshot: {below:?}");
 }
+
+/// Issue 12's trace: n2 is down while n0 and n1 choose five writes; then n0
+/// and n1 die and n1's disk is replaced; n1 and n2 come up. n1 may have
+/// forgotten its promises and accepts, so it must not vote until a majority
+/// of the others (here n0 and n2) told it theirs: nothing is chosen until n0
+/// is back, and then every acknowledged write is still there.
+fn lost_disk_trace(skip_recovery: bool) -> Cluster {
+    let mut c = Cluster::with_config(3, 23, |cfg| {
+        cfg.election_timeout_ticks = T;
+        cfg.heartbeat_interval_ticks = HB;
+        cfg.bugs.skip_recovery = skip_recovery;
+    });
+    c.crash(2);
+    c.elect(0);
+    for k in 0..5 {
+        c.propose(0, &format!("acked{k}"));
+        c.run_until_quiet();
+    }
+    c.tick_all(2 * HB);
+    assert_eq!(c.r(0).chosen_upto(), Slot(5));
+    c.crash(0);
+    c.crash(1);
+    c.restart_lost_disk(1);
+    c.restart(2);
+    assert!(skip_recovery || c.r(1).is_recovering());
+    // n1 and n2 alone: a leader may be elected only if n1 votes.
+    c.tick_all(20 * T);
+    if let Some(leader) = c.stable_leader() {
+        c.propose(leader, "new");
+        c.run_until_quiet();
+        c.tick_all(2 * HB);
+    }
+    c.restart(0);
+    c.tick_until(40 * T, "n1 recovers and all three converge", |c| {
+        !c.r(1).is_recovering()
+            && c.stable_leader().is_some()
+            && (0..3).all(|i| c.r(i).chosen_upto() >= Slot(5))
+    });
+    c
+}
+
+#[test]
+fn a_replica_on_a_replaced_disk_recovers_before_it_votes() {
+    let mut c = lost_disk_trace(false);
+    for i in 0..3 {
+        for k in 0..5 {
+            assert_eq!(
+                c.r(i).chosen_entry(Slot(k)).and_then(payload_of),
+                cmd(&format!("acked{k}")),
+                "n{i} round {k}"
+            );
+        }
+    }
+    assert!(c
+        .node(1)
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Recovered { .. })));
+    // And it votes again: a write goes through with n1 and either other.
+    let leader = c.stable_leader().expect("leader");
+    c.propose(leader, "after");
+    c.run_until_quiet();
+    c.tick_all(4 * HB);
+    for i in 0..3 {
+        assert!(c.r(i).chosen_upto() >= Slot(6), "n{i} learned round 5");
+    }
+}
+
+#[test]
+#[should_panic(expected = "AGREEMENT VIOLATED")]
+fn a_replica_that_votes_with_a_replaced_disk_loses_acknowledged_writes() {
+    let _ = lost_disk_trace(true);
+}
+
+/// Issue 12, item 3: a peer that reports another value for a slot this
+/// replica knows is chosen (it lost or corrupted its state) is refused and
+/// reported once; the replica does not panic and keeps serving.
+#[test]
+fn a_peer_reporting_another_chosen_value_is_refused_not_fatal() {
+    let mut c = Cluster::new(3, 24);
+    c.elect(0);
+    c.propose(0, "right");
+    c.run_until_quiet();
+    c.tick_all(2 * HB);
+    assert_eq!(c.r(1).chosen_upto(), Slot(1));
+    let wrong = Entry::Command {
+        id: RequestId {
+            client_id: 99,
+            seq: 1,
+        },
+        payload: bytes::Bytes::from_static(b"wrong"),
+    };
+    let bad = Message::CatchUpReply {
+        first_slot: Slot(0),
+        entries: vec![wrong.clone()],
+        chosen_upto: Slot(1),
+    };
+    c.nodes[1].r_mut().step(n(2), bad.clone());
+    c.nodes[1].r_mut().step(n(2), bad);
+    let ready = c.nodes[1].r_mut().ready();
+    let conflicts: Vec<&Event> = ready
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerConflict { .. }))
+        .collect();
+    assert_eq!(conflicts.len(), 1, "reported once: {:?}", ready.events);
+    assert!(matches!(
+        conflicts[0],
+        Event::PeerConflict { peer, slot, theirs, .. } if *peer == n(2) && *slot == Slot(0) && *theirs == wrong
+    ));
+    assert_eq!(c.r(1).distrusted_peers(), vec![n(2)]);
+    assert_eq!(
+        c.r(1).chosen_entry(Slot(0)).and_then(payload_of),
+        cmd("right")
+    );
+    // Still serving with the others: a new command gets chosen.
+    c.propose(0, "next");
+    c.run_until_quiet();
+    c.tick_all(2 * HB);
+    assert_eq!(c.r(1).chosen_upto(), Slot(2));
+}

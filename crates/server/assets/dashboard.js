@@ -206,7 +206,11 @@ function card(r, s, leaderRound) {
   const links = (s.peers || []).map((p) =>
     '<span class="link" title="' + esc(p.last_error || (p.reachable ? "connected" : "not connected")) + '">' +
     '<span class="dot' + (p.reachable ? " up" : "") + '"></span>→ ' + p.id + "</span>").join("");
-  return head(s.role, s.role) +
+  const recovering = s.recovering
+    ? '<div class="error">recovering: votes in nothing until it has learned what it may have forgotten; waits for ' +
+      esc(s.recovering.waiting_for) + "</div>"
+    : "";
+  return (s.recovering ? head("recovering", "recovering") : head(s.role, s.role)) + recovering +
     '<div class="stats">' +
     stat("ballot (promised)", esc(s.promised_ballot)) +
     stat("leader", s.leader === null ? "none" : String(s.leader)) +

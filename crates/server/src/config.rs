@@ -74,6 +74,19 @@ pub struct NodeConfig {
     /// replica: a snapshot above a replica's limit cannot be installed there.
     #[serde(default = "defaults::max_snapshot_bytes")]
     pub max_snapshot_bytes: u64,
+    /// What an empty data folder becomes: `new` bootstraps a new cluster,
+    /// `existing` joins a running one (the replica recovers before it
+    /// votes). Unset: an empty folder is refused. Ignored once the folder
+    /// holds data.
+    #[serde(default)]
+    pub initial_cluster_state: Option<InitialClusterState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialClusterState {
+    New,
+    Existing,
 }
 
 mod defaults {
@@ -142,6 +155,7 @@ impl NodeConfig {
             read_token: None,
             http_peers: Vec::new(),
             ready_max_lag_rounds: defaults::ready_max_lag_rounds(),
+            initial_cluster_state: None,
             max_snapshot_bytes: defaults::max_snapshot_bytes(),
         }
     }

@@ -11,13 +11,14 @@ pub mod metrics;
 mod tls;
 pub mod wire;
 
-pub use config::NodeConfig;
+pub use config::{InitialClusterState, NodeConfig};
 pub use error::ServerError;
 
 use driver::io::SystemClock;
 use driver::{Driver, DriverInput, DriverIo};
 use paxlog_core::{Config as CoreConfig, DurableState, NodeId, Replica, StateMachine};
 use paxlog_kv::{KvOptions, KvStore};
+use paxlog_storage::OnEmpty;
 use paxlog_storage::{DataDir, Recovery, SnapshotStore, Wal, WalOptions};
 use paxlog_transport::{Transport, TransportConfig};
 use std::collections::hash_map::RandomState;
@@ -40,7 +41,12 @@ pub async fn run_node(
     cfg.validate()?;
     let recovery_started = Instant::now();
     // Holds the data directory's lock until the node stops.
-    let data_dir = DataDir::open_or_init(&cfg.data_dir, &cfg.cluster_id, cfg.id)?;
+    let on_empty = match cfg.initial_cluster_state {
+        None => OnEmpty::Refuse,
+        Some(InitialClusterState::New) => OnEmpty::Bootstrap,
+        Some(InitialClusterState::Existing) => OnEmpty::Join,
+    };
+    let data_dir = DataDir::open(&cfg.data_dir, &cfg.cluster_id, cfg.id, on_empty)?;
     let metrics = Arc::new(metrics::Metrics::new(cfg.id));
     let Restored {
         kv,
@@ -263,12 +269,37 @@ fn recover_replica(
     // The image itself was only needed to restore `restored_kv`.
     let last_snapshot_round = snapshot.map_or(0, |(slot, _)| slot.0);
     let kv = restored_kv.unwrap_or_else(|| KvStore::new(KvOptions::default()));
+    // State this replica may have forgotten: it recovers before it votes.
+    let mut forgotten = Vec::new();
     if let Some(floor) = wal_may_lack_below {
-        return Err(ServerError::ForgottenState {
-            dir: cfg.data_dir.clone(),
-            snapshot_round: last_snapshot_round,
-            compacted_round: floor.0,
-        });
+        forgotten.push(format!(
+            "recovery fell back to the snapshot at round {last_snapshot_round}, but the write-ahead \
+             log was compacted up to round {}: its promises and accepts in between are gone",
+            floor.0
+        ));
+    }
+    for repair in &recovered.repairs {
+        if matches!(repair, paxlog_storage::RepairAction::TruncatedTail { .. }) {
+            // A torn write and a damaged synced record look alike.
+            forgotten.push(format!(
+                "the write-ahead log was cut at its tail ({repair}): records that were synced may be gone"
+            ));
+        }
+    }
+    if !forgotten.is_empty() {
+        paxlog_storage::mark_recovering(data_dir.path(), &forgotten.join("; "))?;
+    }
+    let mut durable = recovered.state;
+    if let Some(reason) = paxlog_storage::recovering_reason(data_dir.path())? {
+        tracing::warn!(
+            node = cfg.id,
+            %reason,
+            "this replica may have forgotten promises and accepts: it votes in nothing until a \
+             majority of the others told it what they promised and accepted"
+        );
+        metrics.recovering.set(1);
+        metrics.published.set_recovering(true);
+        durable.recovering = true;
     }
     tracing::info!(
         node = cfg.id,
@@ -283,7 +314,7 @@ fn recover_replica(
         last_snapshot_round,
         wal,
         snapshots,
-        durable: recovered.state,
+        durable,
     })
 }
 
@@ -346,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn startup_refuses_a_fallback_past_the_compacted_log() {
+    fn a_fallback_past_the_compacted_log_starts_recovering() {
         let tmp = tempfile::tempdir().unwrap();
         let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let cfg = NodeConfig::new(0, vec![addr(1)], addr(2), tmp.path().to_path_buf());
@@ -363,19 +394,15 @@ mod tests {
         drop(wal);
         std::fs::write(tmp.path().join(paxlog_storage::WAL_FLOOR_FILE), "30").unwrap();
         let metrics = metrics::Metrics::new(0);
-        let error = recover_replica(&cfg, &data_dir, &metrics)
-            .err()
-            .expect("refused");
-        assert!(
-            matches!(
-                error,
-                ServerError::ForgottenState {
-                    snapshot_round: 10,
-                    compacted_round: 30,
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        let restored = recover_replica(&cfg, &data_dir, &metrics).unwrap();
+        assert_eq!(restored.last_snapshot_round, 10);
+        // It may have forgotten votes: it recovers before it votes, and the
+        // mark stays on disk until it has.
+        assert!(restored.durable.recovering);
+        let reason = paxlog_storage::recovering_reason(tmp.path())
+            .unwrap()
+            .expect("marked");
+        assert!(reason.contains("compacted up to round 30"), "{reason}");
+        assert_eq!(metrics.recovering.get(), 1);
     }
 }

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Snapshots passed over on start because they were unusable (corrupt,
     /// unreadable, too large, or not restorable): one per skipped file.
     pub snapshot_fallbacks: Counter,
+    /// 1 while this replica recovers forgotten state and does not vote.
+    pub recovering: Gauge,
+    /// Peers found reporting another value for a chosen round (an alarm).
+    pub peer_conflicts: Counter,
     /// What `/health`, `/ready` and the dashboard read.
     pub published: Published,
 }
@@ -83,12 +87,15 @@ pub struct Published {
     /// Successful client writes and their summed latency, for the dashboard.
     writes: AtomicU64,
     write_micros: AtomicU64,
+    /// Recovering forgotten state (not voting).
+    recovering: AtomicBool,
 }
 
 /// A copy of [`Published`] at one moment.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Snapshot {
     pub driver_alive: bool,
+    pub recovering: bool,
     pub role: Role,
     pub leader: Option<u32>,
     pub applied_round: u64,
@@ -128,6 +135,10 @@ impl Published {
             .store(known_chosen.max(chosen), Ordering::Relaxed);
     }
 
+    pub fn set_recovering(&self, recovering: bool) {
+        self.recovering.store(recovering, Ordering::Relaxed);
+    }
+
     pub fn record_write(&self, latency: Duration) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.write_micros.fetch_add(
@@ -148,6 +159,7 @@ impl Published {
         };
         Snapshot {
             driver_alive: self.driver_alive.load(Ordering::Acquire),
+            recovering: self.recovering.load(Ordering::Relaxed),
             role,
             leader,
             applied_round: self.applied.load(Ordering::Relaxed),
@@ -171,6 +183,14 @@ impl Snapshot {
     pub fn readiness(&self, max_lag: u64) -> Result<(), String> {
         if !self.driver_alive {
             return Err("the replica's driver is not running".into());
+        }
+        if self.recovering {
+            return Err(
+                "recovering: this replica may have forgotten promises and accepts (a lost or \
+                 damaged disk) and votes in nothing until a majority of the others told it what \
+                 they promised and accepted; /status says what it waits for"
+                    .into(),
+            );
         }
         if self.role != Role::Leader && self.leader.is_none() {
             return Err("no leader known".into());
@@ -313,8 +333,22 @@ impl Metrics {
             "Unusable snapshots skipped on start (recovery fell back to an older one)",
             snapshot_fallbacks.clone(),
         );
+        let recovering = Gauge::default();
+        registry.register(
+            "recovering",
+            "1 while this replica may have forgotten promises and accepts and recovers them from a majority (it votes in nothing meanwhile)",
+            recovering.clone(),
+        );
+        let peer_conflicts = Counter::default();
+        registry.register(
+            "peer_conflicts",
+            "Peers that reported another value for a round chosen here (they lost or corrupted their state; their messages are refused): an alarm",
+            peer_conflicts.clone(),
+        );
         Metrics {
             registry,
+            recovering,
+            peer_conflicts,
             proposals,
             commits,
             applied_round,
@@ -380,6 +414,7 @@ mod tests {
     fn snap(role: Role, leader: Option<u32>, applied: u64, known: u64) -> Snapshot {
         Snapshot {
             driver_alive: true,
+            recovering: false,
             role,
             leader,
             applied_round: applied,
@@ -445,6 +480,8 @@ mod tests {
             "paxlog_snapshots_total",
             "paxlog_snapshot_installs_total",
             "paxlog_snapshot_fallbacks_total",
+            "paxlog_recovering",
+            "paxlog_peer_conflicts_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

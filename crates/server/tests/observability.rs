@@ -138,6 +138,7 @@ fn start(n: usize, run: &[u32]) -> Nodes {
             dir.path().join(format!("node-{id}")),
         );
         cfg.http_peers = http.clone();
+        cfg.initial_cluster_state = Some(paxlog_server::InitialClusterState::New);
         cfgs.push((cfg, stop_tx.subscribe()));
     }
     let thread = std::thread::spawn(move || {

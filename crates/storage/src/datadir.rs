@@ -30,7 +30,51 @@ pub struct Metadata {
 pub struct DataDir {
     path: PathBuf,
     meta: Metadata,
+    /// The folder was empty and this open created it.
+    created: bool,
     _lock: File,
+}
+
+/// Beside the log while the replica may have forgotten promises and
+/// accepts (it holds the reason); deleted once it recovered them.
+pub const RECOVERING_FILE: &str = "recovering";
+
+/// What to do when the data folder is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnEmpty {
+    /// Refuse: a folder comes into being only by an explicit act.
+    Refuse,
+    /// Bootstrap a new cluster: an empty acceptor forgot nothing.
+    Bootstrap,
+    /// Join an existing cluster (or replace a lost disk): this replica may
+    /// have promised and accepted before, so it starts recovering.
+    Join,
+}
+
+/// Marks `dir` as holding state that may lack promises and accepts the
+/// replica made (durably, before anything else happens).
+pub fn mark_recovering(dir: &Path, reason: &str) -> Result<()> {
+    write_atomically(dir, RECOVERING_FILE, reason.as_bytes())
+}
+
+/// The reason `dir` is marked recovering, if it is.
+pub fn recovering_reason(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(RECOVERING_FILE);
+    match fs::read_to_string(&path) {
+        Ok(reason) => Ok(Some(reason.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::Io { path, source: e }),
+    }
+}
+
+/// The replica recovered: remove the mark (durably).
+pub fn clear_recovering(dir: &Path) -> Result<()> {
+    let path = dir.join(RECOVERING_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(dir).map_err(io_err(dir)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::Io { path, source: e }),
+    }
 }
 
 /// Everything `DataDir::recover` restores.
@@ -120,7 +164,19 @@ fn has_data_files(dir: &Path) -> Result<bool> {
 impl DataDir {
     /// Opens `path` (creating it and its metadata if needed), checks it
     /// belongs to `cluster_id` / `node_id`, and takes the exclusive lock.
+    /// [`open`](Self::open) that bootstraps an empty folder.
     pub fn open_or_init(path: impl AsRef<Path>, cluster_id: &str, node_id: u32) -> Result<DataDir> {
+        Self::open(path, cluster_id, node_id, OnEmpty::Bootstrap)
+    }
+
+    /// Opens (and locks) a data folder; `on_empty` says what an empty one
+    /// becomes.
+    pub fn open(
+        path: impl AsRef<Path>,
+        cluster_id: &str,
+        node_id: u32,
+        on_empty: OnEmpty,
+    ) -> Result<DataDir> {
         let path = path.as_ref().to_path_buf();
         if cluster_id.is_empty() {
             return Err(StorageError::InvalidArgument("cluster id is empty".into()));
@@ -155,6 +211,7 @@ impl DataDir {
             .map_err(|e| classify_open_error(&lock_path, e))?;
         writeln!(lock, "{}", std::process::id()).map_err(|e| classify_open_error(&lock_path, e))?;
 
+        let mut created = false;
         let meta = match read_metadata(&path)? {
             Some(meta) => {
                 if meta.cluster_id != cluster_id {
@@ -180,6 +237,17 @@ impl DataDir {
                         reason: "missing, but the directory holds WAL or snapshot files".into(),
                     });
                 }
+                match on_empty {
+                    OnEmpty::Refuse => return Err(StorageError::EmptyDataDir { dir: path }),
+                    OnEmpty::Bootstrap => {}
+                    // The mark first: a crash before the metadata leaves an
+                    // empty folder, which starts this way again.
+                    OnEmpty::Join => mark_recovering(
+                        &path,
+                        "started on an empty data folder to join an existing cluster",
+                    )?,
+                }
+                created = true;
                 let meta = Metadata {
                     format_version: META_FORMAT_VERSION,
                     cluster_id: cluster_id.to_string(),
@@ -196,6 +264,7 @@ impl DataDir {
         Ok(DataDir {
             path,
             meta,
+            created,
             _lock: lock,
         })
     }
@@ -206,6 +275,11 @@ impl DataDir {
 
     pub fn metadata(&self) -> &Metadata {
         &self.meta
+    }
+
+    /// Was the folder empty, and created by this open?
+    pub fn was_created(&self) -> bool {
+        self.created
     }
 
     /// The snapshot store (same directory), with the default size limit.

@@ -84,6 +84,12 @@ pub enum StorageError {
     },
     #[error("snapshot transfer into {}: {reason}", .path.display())]
     Transfer { path: PathBuf, reason: String },
+    #[error(
+        "data folder {} is empty: pass --initial-cluster-state new to bootstrap a new cluster, \
+         or existing to join a running one (also to replace a lost disk: the replica then \
+         recovers from the others before it votes)", .dir.display()
+    )]
+    EmptyDataDir { dir: PathBuf },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

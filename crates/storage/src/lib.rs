@@ -19,7 +19,8 @@ mod snapshot;
 mod wal;
 
 pub use datadir::{
-    read_metadata, DataDir, Metadata, Recovery, LOCK_FILE, META_FILE, META_FORMAT_VERSION,
+    clear_recovering, mark_recovering, read_metadata, recovering_reason, DataDir, Metadata,
+    OnEmpty, Recovery, LOCK_FILE, META_FILE, META_FORMAT_VERSION, RECOVERING_FILE,
 };
 pub use error::{Result, StorageError};
 pub use format::{

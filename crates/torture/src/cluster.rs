@@ -21,6 +21,9 @@ pub struct Cluster {
     log_root: PathBuf,
     procs: Vec<Option<Child>>,
     paused: Vec<bool>,
+    /// Replica i was started once: its folder, if empty now, was lost (the
+    /// replica must join as `existing` and recover), not new.
+    started_once: Vec<bool>,
     pub extra_args: Vec<String>,
     /// Origin of the "t=" stamps the harness writes into the replica logs.
     pub t0: Instant,
@@ -125,6 +128,7 @@ impl Cluster {
             log_root,
             procs: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
+            started_once: vec![false; n],
             extra_args,
             t0: Instant::now(),
         })
@@ -188,6 +192,12 @@ impl Cluster {
             .arg(self.http[i].to_string())
             .arg("--data-dir")
             .arg(self.data_dir(i))
+            .arg("--initial-cluster-state")
+            .arg(if self.started_once[i] {
+                "existing"
+            } else {
+                "new"
+            })
             .args(&self.extra_args);
         let log = OpenOptions::new()
             .create(true)
@@ -213,6 +223,7 @@ impl Cluster {
         );
         self.procs[i] = Some(child);
         self.paused[i] = false;
+        self.started_once[i] = true;
         Ok(())
     }
 

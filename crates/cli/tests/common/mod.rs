@@ -310,6 +310,13 @@ impl Cluster {
     /// The `paxlog node` command for replica `i` with its stderr appended
     /// to its log file.
     pub fn node_command(&self, i: usize) -> Command {
+        // Bootstraps an empty folder; ignored once it holds data.
+        self.node_command_as(i, "new")
+    }
+
+    /// [`node_command`](Self::node_command) with `--initial-cluster-state STATE`
+    /// (`existing`: a replica that replaces a lost disk).
+    pub fn node_command_as(&self, i: usize, initial_cluster_state: &str) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("node")
             .arg("--id")
@@ -320,6 +327,7 @@ impl Cluster {
             .arg(format!("127.0.0.1:{}", self.http_ports[i]))
             .arg("--data-dir")
             .arg(self.data_dir(i))
+            .args(["--initial-cluster-state", initial_cluster_state])
             .args(&self.extra_args);
         let log = OpenOptions::new()
             .create(true)
@@ -338,6 +346,13 @@ impl Cluster {
     pub fn spawn(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is already running");
         let child = self.node_command(i).spawn().unwrap();
+        self.nodes[i] = Some(child);
+    }
+
+    /// Starts replica `i` as one that replaces a lost disk (`existing`).
+    pub fn spawn_existing(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is already running");
+        let child = self.node_command_as(i, "existing").spawn().unwrap();
         self.nodes[i] = Some(child);
     }
 
@@ -382,6 +397,11 @@ impl Cluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].is_some()
+    }
+
+    /// The process id of replica `i`, if the harness runs it.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].as_ref().map(Child::id)
     }
 
     /// SIGKILL.

@@ -45,6 +45,9 @@ pub struct Node {
     /// crash loses them).
     pub inbox: VecDeque<Envelope>,
     pub deferred_ticks: u64,
+    /// The driver's "recovering" mark beside the log: set when the disk
+    /// was lost, cleared on `Event::Recovered`.
+    pub recovering: bool,
     pub incarnation: u32,
 }
 
@@ -141,6 +144,7 @@ impl Cluster {
                 unsynced: Vec::new(),
                 inbox: VecDeque::new(),
                 deferred_ticks: 0,
+                recovering: false,
                 incarnation: 0,
             });
         }
@@ -240,7 +244,10 @@ impl Cluster {
             node.applied.push((slot, entry.clone()));
             self.agree(i, slot, &entry);
         }
-        // 4. events.
+        // 4. events (after the records are durable).
+        if events.iter().any(|e| matches!(e, Event::Recovered { .. })) {
+            self.nodes[i].recovering = false;
+        }
         self.nodes[i].events.extend(events);
         self.check_chosen_of(i);
     }
@@ -573,6 +580,7 @@ impl Cluster {
         );
         node.applied.truncate(durable.log_start.0 as usize);
         node.incarnation += 1;
+        durable.recovering = node.recovering;
         let seed = self.seeds.next_u64();
         let replica = Replica::new(node.cfg.clone(), durable, seed);
         self.nodes[i].replica = Some(replica);
@@ -587,6 +595,13 @@ impl Cluster {
         node.disk = DurableState::default();
         node.applied.clear();
         self.restart(i);
+    }
+
+    /// Restarts node `i` on a new, empty disk that replaces a lost one: the
+    /// driver marks it recovering (it may have promised and accepted before).
+    pub fn restart_lost_disk(&mut self, i: usize) {
+        self.nodes[i].recovering = true;
+        self.restart_empty(i);
     }
 
     /// From now on node `i`'s output waits for a sync that may never come.

@@ -184,5 +184,20 @@ pub struct NodeStatus {
     pub next_round: Option<u64>,
     pub pending_writes: usize,
     pub last_snapshot_round: u64,
+    /// Set while this replica recovers state it may have forgotten and votes
+    /// in nothing: what it waits for.
+    pub recovering: Option<paxlog_core::RecoveryStatus>,
+    /// Peers whose messages are refused: they reported another value for a
+    /// round this replica knows is chosen.
+    pub peer_conflicts: Vec<PeerConflictInfo>,
     pub peers: Vec<PeerInfo>,
+}
+
+#[derive(Clone, Serialize)]
+pub struct PeerConflictInfo {
+    pub peer: u32,
+    pub round: u64,
+    /// The commands as text (`None`: a no-op).
+    pub ours: Option<String>,
+    pub theirs: Option<String>,
 }

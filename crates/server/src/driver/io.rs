@@ -19,6 +19,9 @@ pub trait LogStorage: Send {
     /// Drops what lies wholly below `log_start`; returns how many pieces
     /// (segments) went.
     fn compact(&mut self, log_start: Slot) -> Result<usize, StorageError>;
+    /// The replica recovered the promises and accepts it may have forgotten
+    /// (its new promise is durable): clear the mark, durably.
+    fn clear_recovering(&mut self) -> Result<(), StorageError>;
 }
 
 /// Durable snapshots of the state machine, by the round they start the log at.
@@ -84,6 +87,9 @@ impl LogStorage for Wal {
     }
     fn compact(&mut self, log_start: Slot) -> Result<usize, StorageError> {
         Wal::compact(self, log_start).map(|removed| removed.len())
+    }
+    fn clear_recovering(&mut self) -> Result<(), StorageError> {
+        paxlog_storage::clear_recovering(self.dir())
     }
 }
 

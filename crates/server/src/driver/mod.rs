@@ -43,6 +43,7 @@ mod writes;
 pub use api::*;
 use io::{Clock, LogStorage, PeerNetwork, SnapshotReceiving, SnapshotStorage};
 use observe::{AliveGuard, CatchUp};
+use reads::describe_entry;
 use snapshots::IncomingSnapshot;
 use test_hooks::TestHooks;
 
@@ -124,6 +125,9 @@ pub struct Driver {
     next_slow_publish: Instant,
     catch_up: Option<CatchUp>,
     test_hooks: TestHooks,
+    /// Peers refused for reporting another value for a chosen round (at
+    /// most one each).
+    peer_conflicts: Vec<PeerConflictInfo>,
 }
 
 /// The driver's outside world (see `io`).
@@ -185,6 +189,7 @@ impl Driver {
             next_slow_publish: now,
             catch_up: None,
             test_hooks,
+            peer_conflicts: Vec::new(),
         }
     }
 
@@ -482,6 +487,45 @@ impl Driver {
             }
             Event::SnapshotNeeded { from, log_start } => {
                 self.request_snapshot(from, log_start);
+            }
+            Event::PeerConflict {
+                peer,
+                slot,
+                ours,
+                theirs,
+            } => {
+                let conflict = PeerConflictInfo {
+                    peer: peer.0,
+                    round: slot.0,
+                    ours: describe_entry(&ours),
+                    theirs: describe_entry(&theirs),
+                };
+                tracing::error!(
+                    node = self.cfg.id,
+                    peer = peer.0,
+                    round = slot.0,
+                    ours = ?conflict.ours,
+                    theirs = ?conflict.theirs,
+                    "peer reports another value for a chosen round: it lost or corrupted its state; \
+                     its messages are refused from now on (see the README, 'A peer with bad state')"
+                );
+                self.metrics.peer_conflicts.inc();
+                self.peer_conflicts.push(conflict);
+            }
+            Event::Recovered { promised } => {
+                // Events come after this turn's fsync: the new promise is
+                // durable, so the mark may go.
+                if let Err(e) = self.wal.clear_recovering() {
+                    tracing::warn!(node = self.cfg.id, error = %e, "cannot clear the recovering mark (it recovers again at its next start)");
+                }
+                self.metrics.recovering.set(0);
+                self.metrics.published.set_recovering(false);
+                tracing::info!(
+                    node = self.cfg.id,
+                    %promised,
+                    current_round = self.kv.applied_upto().0,
+                    "recovered: learned from a majority what it may have forgotten; it votes again"
+                );
             }
         }
     }

@@ -180,6 +180,8 @@ impl Driver {
             next_round: report.next_slot.map(|s| s.0),
             pending_writes: self.writes.len(),
             last_snapshot_round: self.last_snapshot_round,
+            recovering: report.recovering.clone(),
+            peer_conflicts: self.peer_conflicts.clone(),
             peers,
         }
     }
