@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub struct DurableState {
     /// Highest ballot promised.
     pub promised: Ballot,
+    /// Highest ballot this replica campaigned with (never used again).
+    pub campaigned: Ballot,
     /// Every slot below this is covered by the snapshot the state machine
     /// was restored from; records for those slots are ignored.
     pub log_start: Slot,
@@ -61,6 +63,9 @@ impl DurableState {
                 }
                 self.promised = *ballot;
             }
+            PersistRecord::Campaigned(ballot) => {
+                self.campaigned = self.campaigned.max(*ballot);
+            }
             PersistRecord::Accepted {
                 slot,
                 ballot,
@@ -111,7 +116,10 @@ impl DurableState {
 
     /// The records that reproduce this state, for rewriting a compacted log.
     pub fn to_records(&self) -> Vec<PersistRecord> {
-        let mut records = vec![PersistRecord::Promised(self.promised)];
+        let mut records = vec![
+            PersistRecord::Promised(self.promised),
+            PersistRecord::Campaigned(self.campaigned),
+        ];
         for (slot, (ballot, entry)) in &self.accepted {
             records.push(PersistRecord::Accepted {
                 slot: *slot,

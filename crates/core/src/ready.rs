@@ -14,7 +14,8 @@
 //! No input is given to the replica between steps 1 and 2.
 //!
 //! Exception to the early sends: a `Ready` that raises this replica's own
-//! promise (`messages_wait_for_sync`) sends nothing before its fsync. A new
+//! promise or records a new campaign ballot (`messages_wait_for_sync`)
+//! sends nothing before its fsync. A new
 //! leader's first accepts and heartbeats travel in the same `Ready` as the
 //! promise to its own ballot; were they to leave first and the process die
 //! before the sync, it would restart with its old promise, pick the same
@@ -46,6 +47,10 @@ pub enum PersistRecord {
     /// `slot` is chosen. `entry` is `None` when the chosen value is the one
     /// this replica accepted last for the slot (saves writing it twice).
     Chosen { slot: Slot, entry: Option<Entry> },
+    /// This replica campaigned with this ballot (sent Prepare at it): it
+    /// never uses it again, not even after a crash, since promises that
+    /// answered its first campaign could otherwise count for a second one.
+    Campaigned(Ballot),
 }
 
 impl PersistRecord {
@@ -59,7 +64,7 @@ impl PersistRecord {
 
     pub fn slot(&self) -> Option<Slot> {
         match self {
-            PersistRecord::Promised(_) => None,
+            PersistRecord::Promised(_) | PersistRecord::Campaigned(_) => None,
             PersistRecord::Accepted { slot, .. } | PersistRecord::Chosen { slot, .. } => {
                 Some(*slot)
             }

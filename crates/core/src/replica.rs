@@ -367,7 +367,7 @@ impl Replica {
             rng: SplitMix64::new(seed ^ (u64::from(cfg.id.0) << 32)),
             now_tick: 0,
             promised: durable.promised,
-            highest_seen: durable.promised,
+            highest_seen: durable.promised.max(durable.campaigned),
             log,
             log_start: durable.log_start,
             chosen_upto: durable.log_start,
@@ -524,7 +524,7 @@ impl Replica {
             && ready
                 .persist
                 .iter()
-                .any(|r| matches!(r, PersistRecord::Promised(_)));
+                .any(|r| matches!(r, PersistRecord::Promised(_) | PersistRecord::Campaigned(_)));
         ready
     }
 
@@ -1535,6 +1535,11 @@ impl Replica {
             .max(self.highest_seen)
             .successor_for(self.cfg.id);
         self.highest_seen = ballot;
+        // Durable before the Prepares leave (they wait for this Ready's
+        // fsync): a restarted replica campaigns above it.
+        if !self.cfg.bugs.early_send_at_new_ballot {
+            self.out.persist.push(PersistRecord::Campaigned(ballot));
+        }
         if self.leader.is_some() {
             self.leader = None;
             self.out.events.push(Event::LeaderChanged {

@@ -1299,3 +1299,44 @@ fn a_peer_reporting_another_chosen_value_is_refused_not_fatal() {
     c.tick_all(2 * HB);
     assert_eq!(c.r(1).chosen_upto(), Slot(2));
 }
+
+/// The campaign ballot is durable before its Prepares leave: a replica that
+/// restarts campaigns above it, so promises that answered its first
+/// campaign (from another starting slot) never count for a second one.
+#[test]
+fn a_restarted_candidate_never_campaigns_with_the_same_ballot_again() {
+    let mut c = Cluster::with_config(3, 25, |cfg| {
+        cfg.election_timeout_ticks = T;
+        cfg.heartbeat_interval_ticks = HB;
+        cfg.leases = false;
+    });
+    let prepare_ballots = |c: &Cluster| -> Vec<Ballot> {
+        c.sent
+            .iter()
+            .filter(|e| e.from == n(0))
+            .filter_map(|e| match e.message {
+                Message::Prepare { ballot, .. } => Some(ballot),
+                _ => None,
+            })
+            .collect()
+    };
+    for _ in 0..4 * T {
+        if !prepare_ballots(&c).is_empty() {
+            break;
+        }
+        c.tick(0);
+    }
+    let first = prepare_ballots(&c)[0];
+    assert!(c.node(0).disk.campaigned >= first, "durable before sent");
+    c.crash(0);
+    c.restart(0);
+    let before = prepare_ballots(&c).len();
+    for _ in 0..4 * T {
+        if prepare_ballots(&c).len() > before {
+            break;
+        }
+        c.tick(0);
+    }
+    let second = prepare_ballots(&c)[before];
+    assert!(second > first, "{second} after {first}");
+}

@@ -1,8 +1,10 @@
 //! Checkers named after the properties they guard.
 
-use crate::state_machine::{SimOutput, SimStateMachine};
+use crate::workload::counter_of;
 use paxlog_core::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
-use std::collections::HashMap;
+use paxlog_kv::ApplyOutput;
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet};
 
 const MAX_VIOLATIONS: usize = 50;
 
@@ -10,13 +12,19 @@ pub struct Checker {
     violations: Vec<String>,
     /// Agreement: the one value each slot may hold, across replicas and time.
     chosen: HashMap<Slot, (Entry, NodeId)>,
-    /// Applied-prefix equality: the prefix hash after applying each slot.
-    prefix_hash: HashMap<Slot, u64>,
-    /// Whether applying the slot was a dedup hit (must agree everywhere).
-    duplicate_at: HashMap<Slot, bool>,
+    /// Applied-prefix equality: what applying each slot answered (the same
+    /// on every replica, duplicate flag included).
+    outputs: HashMap<Slot, ApplyOutput>,
+    /// Applied-prefix equality: a digest of the store's state at an applied
+    /// round (sampled, at snapshots, and at the end), the same everywhere.
+    states: HashMap<Slot, (u64, NodeId)>,
+    /// Exactly once: where each request ran (`duplicate == false`).
+    executed: HashMap<RequestId, Slot>,
+    /// Distinct requests that ran a successful `ctrN += 1`, by counter.
+    increments: HashMap<&'static str, HashSet<RequestId>>,
     /// Validity: what clients proposed.
     issued: HashMap<RequestId, bytes::Bytes>,
-    /// Durability: what clients were told succeeded.
+    /// Durability: the slot each request was acknowledged as executed at.
     acked: HashMap<RequestId, Slot>,
     /// One past the highest slot any replica has applied.
     applied_floor: Slot,
@@ -29,8 +37,10 @@ impl Checker {
         Checker {
             violations: Vec::new(),
             chosen: HashMap::new(),
-            prefix_hash: HashMap::new(),
-            duplicate_at: HashMap::new(),
+            outputs: HashMap::new(),
+            states: HashMap::new(),
+            executed: HashMap::new(),
+            increments: HashMap::new(),
             issued: HashMap::new(),
             acked: HashMap::new(),
             applied_floor: Slot::ZERO,
@@ -63,6 +73,13 @@ impl Checker {
         self.chosen.keys().map(|s| s.0 + 1).max().unwrap_or(0)
     }
 
+    /// How many distinct requests successfully incremented `counter`.
+    pub fn increments(&self, counter: &str) -> u64 {
+        self.increments
+            .get(counter)
+            .map_or(0, |ids| ids.len() as u64)
+    }
+
     /// One value per (ballot, slot), ever: `learn_commit`, a new leader's
     /// value pick and the acceptance count all rely on it.
     pub fn value_sent(&mut self, ballot: Ballot, slot: Slot, entry: &Entry) {
@@ -86,8 +103,11 @@ impl Checker {
         self.issued.insert(proposal.id, proposal.payload.clone());
     }
 
+    /// A client was told that request `id` was executed at `slot` (by a
+    /// replica applying it there, or from its session's record of where it
+    /// ran). A client is answered once per request.
     pub fn acked(&mut self, id: RequestId, slot: Slot) {
-        self.acked.entry(id).or_insert(slot);
+        self.acked.insert(id, slot);
     }
 
     /// Agreement and validity for a value some replica holds as chosen.
@@ -116,70 +136,93 @@ impl Checker {
         }
     }
 
-    pub fn applied(&mut self, node: NodeId, slot: Slot, entry: &Entry, output: &SimOutput) {
+    /// `node` applied `entry` at `slot` and got `output`. Returns whether
+    /// this is the first application of `slot` anywhere.
+    pub fn applied(
+        &mut self,
+        node: NodeId,
+        slot: Slot,
+        entry: &Entry,
+        output: &ApplyOutput,
+    ) -> bool {
         self.applied_floor = self.applied_floor.max(slot.next());
         self.chosen_seen(node, slot, entry);
-        match self.prefix_hash.get(&slot) {
-            Some(hash) if *hash != output.hash => {
-                self.violation(format!(
-                    "applied prefix: {node}'s state after slot {slot} differs from another replica's"
-                ));
+        let first = match self.outputs.get(&slot) {
+            // All checked when the slot was first applied.
+            Some(earlier) if earlier == output => return false,
+            Some(earlier) => {
+                let message = format!(
+                    "applied prefix: {node} answered {output:?} at slot {slot}, another replica {earlier:?}"
+                );
+                self.violation(message);
+                false
             }
-            Some(_) => {}
             None => {
-                self.prefix_hash.insert(slot, output.hash);
+                self.outputs.insert(slot, output.clone());
+                true
+            }
+        };
+        let Some(id) = entry.request_id().filter(|_| !output.duplicate) else {
+            return first;
+        };
+        // The exactly-once checker proper: a request id runs at one slot at
+        // most, on every replica, whatever its retries, stamps and session
+        // expiries.
+        match self.executed.entry(id) {
+            MapEntry::Occupied(earlier) if *earlier.get() != slot => {
+                let message = format!(
+                    "exactly once: request {id} ({}) executed at slot {} and again at slot {slot} (on {node})",
+                    describe(entry),
+                    earlier.get()
+                );
+                self.violation(message);
+            }
+            MapEntry::Occupied(_) => {}
+            MapEntry::Vacant(v) => {
+                v.insert(slot);
             }
         }
-        match self.duplicate_at.get(&slot) {
-            Some(dup) if *dup != output.duplicate => {
-                self.violation(format!(
-                    "exactly once: {node} and another replica disagree on whether slot {slot} is a retry"
-                ));
+        if let Some(counter) = counter_of(entry).filter(|_| output.is_ok()) {
+            self.increments.entry(counter).or_default().insert(id);
+        }
+        first
+    }
+
+    /// A digest of `node`'s whole state at applied round `round` (every slot
+    /// below it applied): equal on every replica at the same round.
+    pub fn state_at(&mut self, node: NodeId, round: Slot, digest: u64) {
+        match self.states.get(&round) {
+            Some((first, by)) if *first != digest => {
+                let message =
+                    format!("applied prefix: {node}'s state at round {round} differs from {by}'s");
+                self.violation(message);
             }
             Some(_) => {}
             None => {
-                self.duplicate_at.insert(slot, output.duplicate);
+                self.states.insert(round, (digest, node));
             }
         }
     }
 
-    pub fn snapshot_installed(&mut self, node: NodeId, slot: Slot, sm: &SimStateMachine) {
-        if slot == Slot::ZERO {
-            return;
-        }
-        let last = Slot(slot.0 - 1);
-        if let Some(hash) = self.prefix_hash.get(&last) {
-            if *hash != sm.hash() {
-                self.violation(format!(
-                    "applied prefix: snapshot installed on {node} at {slot} differs from the applied prefix"
-                ));
-            }
-        }
-    }
-
-    /// Durability and exactly-once over the final log.
+    /// Durability over the final log: every request acknowledged as executed
+    /// ran at the slot it was acknowledged at.
     pub fn final_checks(&mut self) {
-        let mut applied_count: HashMap<RequestId, u32> = HashMap::new();
-        for (slot, (entry, _)) in &self.chosen {
-            if let Some(id) = entry.request_id() {
-                if self.duplicate_at.get(slot) == Some(&false) {
-                    *applied_count.entry(id).or_default() += 1;
-                }
-            }
-        }
         let mut problems = Vec::new();
         for (id, slot) in &self.acked {
-            match applied_count.get(id).copied().unwrap_or(0) {
-                1 => {}
-                0 => problems.push(format!(
-                    "durability: request {id}, acknowledged at slot {slot}, is not in the final log"
-                )),
-                n => problems.push(format!("exactly once: request {id} applied {n} times")),
-            }
-        }
-        for (id, n) in &applied_count {
-            if *n > 1 && !self.acked.contains_key(id) {
-                problems.push(format!("exactly once: request {id} applied {n} times"));
+            let holds = self.chosen.get(slot).map(|(e, _)| e);
+            let ran_here = holds.is_some_and(|e| e.request_id() == Some(*id))
+                && self.outputs.get(slot).is_some_and(|o| !o.duplicate);
+            if !ran_here {
+                problems.push(format!(
+                    "durability: request {id}, acknowledged as executed at slot {slot}, did not \
+                     run there in the final log (it holds {}{})",
+                    holds.map_or("nothing".to_string(), describe),
+                    match self.outputs.get(slot) {
+                        Some(o) if o.duplicate => ", answered as a duplicate",
+                        Some(_) => "",
+                        None => ", never applied",
+                    }
+                ));
             }
         }
         problems.sort();
@@ -192,8 +235,13 @@ impl Checker {
 fn describe(entry: &Entry) -> String {
     match entry {
         Entry::Noop => "no-op".to_string(),
-        Entry::Command { id, payload } => {
-            format!("{id} {:?}", String::from_utf8_lossy(payload))
-        }
+        Entry::Command { id, payload } => match paxlog_kv::KvRequest::decode(payload) {
+            Ok(request) => format!(
+                "{id} {:?} stamped {}",
+                request.command.describe(),
+                request.since
+            ),
+            Err(_) => format!("{id} {:?}", String::from_utf8_lossy(payload)),
+        },
     }
 }

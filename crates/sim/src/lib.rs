@@ -1,7 +1,8 @@
 //! A deterministic cluster simulator for paxlog-core.
 //!
-//! It runs whole clusters of the real [`Replica`] with a seeded network (delay,
-//! drop, duplicate, reorder, partitions), crashes and restarts over a
+//! It runs whole clusters of the real [`Replica`], each applying to the real
+//! [`KvStore`] (with its exactly-once session table), with a seeded network
+//! (delay, drop, duplicate, reorder, partitions), crashes and restarts over a
 //! simulated disk (unsynced writes are lost; a crash can tear a batch), and
 //! clients that retry. Checkers named after the protocol's properties run as
 //! it goes and at the end. One seed replays one run exactly.
@@ -9,17 +10,18 @@
 mod checker;
 mod disk;
 mod network;
-mod state_machine;
+mod workload;
 
 pub use checker::Checker;
 use disk::SimDisk;
 use network::{Network, Partition};
 use paxlog_core::rng::SplitMix64;
 use paxlog_core::{
-    Bugs, Config, DurableState, Envelope, Event, Message, NodeId, PersistRecord, Proposal, Replica,
-    RequestId, Slot, StateMachine,
+    Bugs, Config, DurableState, Entry, Envelope, Event, Message, NodeId, PersistRecord, Proposal,
+    Replica, RequestId, Slot, StateMachine,
 };
-use state_machine::SimStateMachine;
+use paxlog_kv::{ApplyOutput, ErrorKind, KvCommand, KvOptions, KvRequest, KvStore};
+use workload::{digest, new_store, COUNTERS};
 
 /// Fault rates for one run. Drawn per seed (swarm testing): some seeds are
 /// calm, some brutal.
@@ -92,11 +94,21 @@ pub struct SimOptions {
     /// After faults stop, everything must converge within this many ticks.
     pub liveness_ticks: u64,
     pub faults: Faults,
+    /// The store's options, identical on every replica of the run.
+    pub kv: KvOptions,
+    /// Chance (per mille) that a client, once created, waits several client
+    /// timeouts before retrying a request it got no answer for (instead of
+    /// retrying at once): its retry then meets a log, and sessions, that
+    /// moved on long ago.
+    pub slow_client_per_mille: u64,
     pub bugs: Bugs,
     /// Simulator-level bug: a restarted replica forgets its promise.
     pub forget_promise_on_restart: bool,
     /// Simulator-level bug: a restarted replica loses its whole log.
     pub lose_log_on_restart: bool,
+    /// Store-level bug: a client without a session always runs, whatever its
+    /// request's stamp (the table before stamps existed).
+    pub ignore_request_stamps: bool,
 }
 
 impl SimOptions {
@@ -104,16 +116,23 @@ impl SimOptions {
     pub fn from_seed(seed: u64) -> SimOptions {
         let mut rng = SplitMix64::new(seed ^ 0x005E_ED0F_FA17);
         let nodes = if rng.chance(1, 3) { 5 } else { 3 };
+        let clients = rng.range(1, 6) as usize;
+        let faults = Faults::draw(&mut rng);
+        let (kv, clients) = workload::draw_kv_options(&mut rng, clients);
+        let slow_client_per_mille = [0, 0, 200, 500][rng.range(0, 4) as usize];
         SimOptions {
             seed,
             nodes,
-            clients: rng.range(1, 6) as usize,
+            clients,
             fault_ticks: 1500,
             liveness_ticks: 4000,
-            faults: Faults::draw(&mut rng),
+            faults,
+            kv,
+            slow_client_per_mille,
             bugs: Bugs::default(),
             forget_promise_on_restart: false,
             lose_log_on_restart: false,
+            ignore_request_stamps: false,
         }
     }
 }
@@ -130,16 +149,22 @@ pub struct FaultCounts {
     pub crashes_after_win: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SimReport {
     pub seed: u64,
     pub nodes: u32,
     pub ticks: u64,
     pub steps: u64,
+    /// Requests acknowledged to their client as executed.
     pub committed: u64,
     pub slots: u64,
     pub leader_changes: u64,
     pub reads: u64,
+    /// `request_expired` answers clients received (each then moved on to a
+    /// new client id).
+    pub request_expired: u64,
+    /// Client sessions the store expired (counted once per slot).
+    pub sessions_expired: u64,
     pub faults: FaultCounts,
     pub violations: Vec<String>,
 }
@@ -153,7 +178,8 @@ impl SimReport {
 struct SimNode {
     replica: Option<Replica>,
     disk: SimDisk,
-    sm: SimStateMachine,
+    /// Meaningful while the replica is up (restored again at restart).
+    kv: KvStore,
     down_until: u64,
     incarnation: u64,
     /// The highest promise this replica has reported in memory since boot.
@@ -182,12 +208,51 @@ enum ClientState {
     },
 }
 
+/// A request a client works on until it is answered.
+struct ClientRequest {
+    id: RequestId,
+    command: KvCommand,
+    /// The stamp (the applied round of the first replica the client handed
+    /// the request to) and the payload carrying it; every retry sends these
+    /// same bytes, as a server re-proposing a write does.
+    stamped: Option<(Slot, bytes::Bytes)>,
+}
+
 struct SimClient {
     client_id: u64,
     seq: u64,
-    /// The request being worked on, until acknowledged.
-    current: Option<Proposal>,
+    current: Option<ClientRequest>,
     state: ClientState,
+    /// Waits several client timeouts before retrying (see
+    /// `SimOptions::slow_client_per_mille`).
+    slow: bool,
+}
+
+/// What an answer tells a client about its request.
+enum Answer {
+    /// It ran, at this slot: applied there, or a retry answered with the
+    /// slot where it first ran.
+    Executed(Slot),
+    /// Not executed now; whether an earlier attempt ran cannot be told any
+    /// more. The client gives the request up and continues under a new
+    /// client id, as the error tells a real client to.
+    Expired,
+    /// Anything else (a `stale` refusal): wrong, since a client sends its
+    /// next seq only once this one was answered.
+    Wrong,
+}
+
+impl Answer {
+    fn of(output: &ApplyOutput) -> Answer {
+        match (output.duplicate, output.original_slot) {
+            (false, _) => Answer::Executed(output.slot),
+            (true, Some(original)) => Answer::Executed(original),
+            (true, None) if output.result.error_kind() == Some(ErrorKind::RequestExpired) => {
+                Answer::Expired
+            }
+            (true, None) => Answer::Wrong,
+        }
+    }
 }
 
 pub struct Simulation {
@@ -204,9 +269,23 @@ pub struct Simulation {
     partition_until: u64,
     next_read_id: u64,
     reads_served: u64,
+    /// Client ids are never reused (the store's residual assumption).
+    next_client_id: u64,
+    request_expired: u64,
+    sessions_expired: u64,
+    /// Send-time checks report once per replica and kind, so that one early
+    /// send per election does not end the run before its consequences.
+    send_violations_reported: std::collections::BTreeSet<(usize, &'static str)>,
 }
 
 const CLIENT_TIMEOUT_TICKS: u64 = 150;
+
+/// Replicas report a digest of their state after every this many slots
+/// (besides snapshots and the end), for the applied-prefix checker.
+const STATE_SAMPLE_EVERY_SLOTS: u64 = 16;
+
+/// The first client id; ids count up from here.
+const FIRST_CLIENT_ID: u64 = 1000;
 
 impl Simulation {
     pub fn new(options: SimOptions) -> Simulation {
@@ -216,7 +295,7 @@ impl Simulation {
                 let mut node = SimNode {
                     replica: None,
                     disk: SimDisk::default(),
-                    sm: SimStateMachine::default(),
+                    kv: new_store(options.kv, options.ignore_request_stamps),
                     down_until: 0,
                     incarnation: 0,
                     last_promised_seen: paxlog_core::Ballot::ZERO,
@@ -234,12 +313,13 @@ impl Simulation {
                 node
             })
             .collect();
-        let clients = (0..options.clients)
+        let clients: Vec<SimClient> = (0..options.clients)
             .map(|i| SimClient {
-                client_id: 1000 + i as u64,
+                client_id: FIRST_CLIENT_ID + i as u64,
                 seq: 0,
                 current: None,
                 state: ClientState::Idle { next_tick: 1 },
+                slow: rng.chance(options.slow_client_per_mille, 1000),
             })
             .collect();
         Simulation {
@@ -248,13 +328,17 @@ impl Simulation {
             rng,
             now_tick: 0,
             nodes,
-            clients,
             faults: FaultCounts::default(),
             steps: 0,
             leader_changes: 0,
             partition_until: 0,
             next_read_id: 0,
             reads_served: 0,
+            next_client_id: FIRST_CLIENT_ID + clients.len() as u64,
+            request_expired: 0,
+            sessions_expired: 0,
+            send_violations_reported: Default::default(),
+            clients,
             options,
         }
     }
@@ -307,7 +391,7 @@ impl Simulation {
                 self.options.liveness_ticks
             ));
         }
-        self.final_checks();
+        self.final_checks(converged);
         let mut violations = self.checker.violations().to_vec();
         for node in &self.nodes {
             if let Some(replica) = &node.replica {
@@ -323,6 +407,8 @@ impl Simulation {
             slots: self.checker.slot_count(),
             leader_changes: self.leader_changes,
             reads: self.reads_served,
+            request_expired: self.request_expired,
+            sessions_expired: self.sessions_expired,
             faults: self.faults,
             violations,
         }
@@ -385,13 +471,17 @@ impl Simulation {
             if self.options.forget_promise_on_restart {
                 node.disk.forget_promise();
             }
-            // Restore the state machine from the durable snapshot, then let
-            // the replica re-apply the chosen log after it.
-            node.sm = SimStateMachine::default();
-            if let Some((_, image)) = &node.disk.snapshot {
-                if let Err(error) = node.sm.restore(image) {
-                    self.checker
-                        .violation(format!("n{i}: snapshot failed to restore: {error}"));
+            // Restore the store from the durable snapshot, then let the
+            // replica re-apply the chosen log after it.
+            node.kv = new_store(self.options.kv, self.options.ignore_request_stamps);
+            if let Some((slot, image)) = &node.disk.snapshot {
+                match node.kv.restore(image) {
+                    Ok(()) => {
+                        check_restored(&mut self.checker, NodeId(i as u32), *slot, image, &node.kv)
+                    }
+                    Err(error) => self
+                        .checker
+                        .violation(format!("n{i}: snapshot failed to restore: {error}")),
                 }
             }
             let durable = node.disk.durable.clone();
@@ -424,18 +514,17 @@ impl Simulation {
                             self.start_read(c);
                             continue;
                         }
+                        let command = workload::draw_command(&mut self.rng);
                         let client = &mut self.clients[c];
                         client.seq += 1;
-                        let payload = format!("c{}-{}", client.client_id, client.seq);
-                        let proposal = Proposal {
+                        client.current = Some(ClientRequest {
                             id: RequestId {
                                 client_id: client.client_id,
                                 seq: client.seq,
                             },
-                            payload: bytes::Bytes::from(payload),
-                        };
-                        self.checker.issued(&proposal);
-                        client.current = Some(proposal);
+                            command,
+                            stamped: None,
+                        });
                     }
                     self.submit(c);
                 }
@@ -445,9 +534,17 @@ impl Simulation {
                     };
                 }
                 ClientState::Waiting { deadline_tick, .. } if deadline_tick <= self.now_tick => {
-                    // No answer: retry elsewhere with the same id (the state
-                    // machine's dedup table makes that safe).
-                    self.submit(c);
+                    // No answer: retry elsewhere with the same id and payload
+                    // (the store's sessions make that safe), at once or, for
+                    // a slow client, much later.
+                    if self.clients[c].slow {
+                        let wait = self.rng.range(2, 7) * CLIENT_TIMEOUT_TICKS;
+                        self.clients[c].state = ClientState::Idle {
+                            next_tick: self.now_tick + wait,
+                        };
+                    } else {
+                        self.submit(c);
+                    }
                 }
                 _ => {}
             }
@@ -508,42 +605,88 @@ impl Simulation {
         }
     }
 
+    /// Hands the client's request to a random replica, as a server would
+    /// take it: stamped there on the first hand-off, answered from the
+    /// session table if that already decides it, else proposed.
     fn submit(&mut self, c: usize) {
-        let Some(proposal) = self.clients[c].current.clone() else {
-            return;
-        };
         let target = self.rng.range(0, u64::from(self.options.nodes)) as usize;
         let now = self.now_tick;
         let retry_tick = now + self.rng.range(1, 20);
-        let state = match self.nodes[target].replica.as_mut() {
-            Some(replica) => match replica.propose(proposal) {
-                Ok(_) => ClientState::Waiting {
-                    node: NodeId(target as u32),
-                    deadline_tick: now + CLIENT_TIMEOUT_TICKS,
-                },
-                Err(_) => ClientState::Idle {
-                    next_tick: retry_tick,
-                },
+        let node = &mut self.nodes[target];
+        let (Some(replica), Some(request)) = (node.replica.as_mut(), &mut self.clients[c].current)
+        else {
+            self.clients[c].state = ClientState::Idle {
+                next_tick: retry_tick,
+            };
+            return;
+        };
+        let (since, payload) = match &request.stamped {
+            Some(stamped) => stamped.clone(),
+            None => {
+                let since = node.kv.applied_upto();
+                let payload = KvRequest::new(since, request.command.clone()).encode();
+                request.stamped = Some((since, payload.clone()));
+                self.checker.issued(&Proposal {
+                    id: request.id,
+                    payload: payload.clone(),
+                });
+                (since, payload)
+            }
+        };
+        let id = request.id;
+        if let Some(output) = node.kv.precheck(id, since) {
+            self.answer_client(c, NodeId(target as u32), &output);
+            return;
+        }
+        let state = match replica.propose(Proposal { id, payload }) {
+            Ok(_) => ClientState::Waiting {
+                node: NodeId(target as u32),
+                deadline_tick: now + CLIENT_TIMEOUT_TICKS,
             },
-            None => ClientState::Idle {
+            Err(_) => ClientState::Idle {
                 next_tick: retry_tick,
             },
         };
         self.clients[c].state = state;
     }
 
-    /// Node `node` applied `id` (or learned its dedup answer): a client
-    /// waiting on that node is answered.
-    fn on_client_result(&mut self, node: NodeId, id: RequestId, slot: Slot) {
-        for client in &mut self.clients {
+    /// Node `node` applied request `id` with `output`: a client waiting on
+    /// that node for that request is answered.
+    fn on_client_result(&mut self, node: NodeId, id: RequestId, output: &ApplyOutput) {
+        for c in 0..self.clients.len() {
+            let client = &self.clients[c];
             let waiting_here =
                 matches!(client.state, ClientState::Waiting { node: n, .. } if n == node);
-            if waiting_here && client.current.as_ref().is_some_and(|p| p.id == id) {
-                client.current = None;
-                client.state = ClientState::Idle {
-                    next_tick: self.now_tick + 1,
-                };
-                self.checker.acked(id, slot);
+            if waiting_here && client.current.as_ref().is_some_and(|r| r.id == id) {
+                self.answer_client(c, node, output);
+            }
+        }
+    }
+
+    fn answer_client(&mut self, c: usize, node: NodeId, output: &ApplyOutput) {
+        let Some(request) = self.clients[c].current.take() else {
+            return;
+        };
+        self.clients[c].state = ClientState::Idle {
+            next_tick: self.now_tick + 1,
+        };
+        match Answer::of(output) {
+            Answer::Executed(slot) => self.checker.acked(request.id, slot),
+            answer => {
+                if matches!(answer, Answer::Wrong) {
+                    self.checker.violation(format!(
+                        "exactly once: {node} answered request {} {output:?}, but that client \
+                         never sent a later request",
+                        request.id
+                    ));
+                } else {
+                    self.request_expired += 1;
+                }
+                // A session that may have run this request is gone: later
+                // seqs under this id would be refused too.
+                self.clients[c].client_id = self.next_client_id;
+                self.clients[c].seq = 0;
+                self.next_client_id += 1;
             }
         }
     }
@@ -552,7 +695,7 @@ impl Simulation {
         for client in &mut self.clients {
             let waiting_here =
                 matches!(client.state, ClientState::Waiting { node: n, .. } if n == node);
-            if waiting_here && client.current.as_ref().is_some_and(|p| p.id == id) {
+            if waiting_here && client.current.as_ref().is_some_and(|r| r.id == id) {
                 client.state = ClientState::Idle {
                     next_tick: self.now_tick + 1,
                 };
@@ -650,19 +793,11 @@ impl Simulation {
         }
         // 3. Apply in order.
         for (slot, entry) in ready.apply {
-            let node = &mut self.nodes[index];
-            if slot != node.sm.applied_upto() {
-                self.checker.violation(format!(
-                    "applied prefix: n{index} applied slot {slot} while at {}",
-                    node.sm.applied_upto()
-                ));
-                // Keep going on a fresh count so the checker reports once.
-                node.sm.skip_to(slot);
-            }
-            let output = node.sm.apply(slot, &entry);
-            self.checker.applied(me, slot, &entry, &output);
+            let Some(output) = self.apply_entry(index, slot, &entry) else {
+                continue;
+            };
             if let Some(id) = entry.request_id() {
-                self.on_client_result(me, id, slot);
+                self.on_client_result(me, id, &output);
             }
         }
         self.maybe_snapshot(index);
@@ -686,6 +821,44 @@ impl Simulation {
         }
     }
 
+    /// Applies one chosen entry to node `index`'s store and reports it to
+    /// the checkers; `None` if it could not be applied in order.
+    fn apply_entry(&mut self, index: usize, slot: Slot, entry: &Entry) -> Option<ApplyOutput> {
+        let me = NodeId(index as u32);
+        let kv = &mut self.nodes[index].kv;
+        let at = kv.applied_upto();
+        if slot != at {
+            self.checker.violation(format!(
+                "applied prefix: n{index} applied slot {slot} while at {at}"
+            ));
+            if slot < at {
+                // Applied already: the store would refuse it (it panics).
+                return None;
+            }
+            // The store only applies in order: fill the gap with no-ops so
+            // the run goes on and the checker reports this once.
+            for missing in at.until(slot) {
+                kv.apply(missing, &Entry::Noop);
+            }
+        }
+        let sessions_before = kv.session_count();
+        let had_session = entry
+            .request_id()
+            .is_some_and(|id| kv.last_seq(id.client_id).is_some());
+        let output = kv.apply(slot, entry);
+        let opened = entry.request_id().is_some() && !had_session && !output.duplicate;
+        let expired = (sessions_before + usize::from(opened)).saturating_sub(kv.session_count());
+        let sample = slot.next().0 % STATE_SAMPLE_EVERY_SLOTS == 0;
+        let state = sample.then(|| digest(&kv.snapshot()));
+        if self.checker.applied(me, slot, entry, &output) {
+            self.sessions_expired += expired as u64;
+        }
+        if let Some(state) = state {
+            self.checker.state_at(me, slot.next(), state);
+        }
+        Some(output)
+    }
+
     fn send(&mut self, envelope: Envelope) {
         self.check_sent(&envelope);
         let (dropped, duplicated) =
@@ -698,6 +871,18 @@ impl Simulation {
     /// Invariants on what leaves a replica, at the moment it leaves.
     fn check_sent(&mut self, envelope: &Envelope) {
         let from = envelope.from.0 as usize;
+        if let Message::Prepare { ballot, .. } = &envelope.message {
+            // A campaign's ballot is durable before its Prepares leave:
+            // else a restarted replica campaigns with it again, and
+            // promises that answered the first campaign count for the second.
+            let campaigned = self.nodes[from].disk.durable.campaigned;
+            if campaigned < *ballot && self.send_violations_reported.insert((from, "campaign")) {
+                self.checker.violation(format!(
+                    "campaign ballot durable: n{from} sent prepare at {ballot} with campaign {campaigned} on disk"
+                ));
+            }
+            return;
+        }
         let ballot = match &envelope.message {
             Message::Accept { ballot, .. } | Message::Heartbeat { ballot, .. } => *ballot,
             _ => return,
@@ -705,7 +890,10 @@ impl Simulation {
         // A leader's ballot is durable before its Phase 2 messages: else a
         // crash lets it campaign with the same ballot again.
         let durable = self.nodes[from].disk.durable.promised;
-        if ballot.node == envelope.from && durable < ballot {
+        if ballot.node == envelope.from
+            && durable < ballot
+            && self.send_violations_reported.insert((from, "leader"))
+        {
             self.checker.violation(format!(
                 "leader ballot durable: n{from} sent {} at ballot {ballot} with promise {durable} on disk",
                 envelope.message.kind()
@@ -758,11 +946,14 @@ impl Simulation {
     fn maybe_snapshot(&mut self, index: usize) {
         let every = self.options.faults.snapshot_every_slots;
         let node = &mut self.nodes[index];
-        let applied = node.sm.applied_upto();
+        let applied = node.kv.applied_upto();
         if applied.0 < node.last_snapshot_slot.0 + every {
             return;
         }
-        node.disk.save_snapshot(applied, node.sm.snapshot());
+        let image = node.kv.snapshot();
+        self.checker
+            .state_at(NodeId(index as u32), applied, digest(&image));
+        node.disk.save_snapshot(applied, image);
         node.last_snapshot_slot = applied;
         if let Some(replica) = node.replica.as_mut() {
             replica.compact(applied);
@@ -778,23 +969,28 @@ impl Simulation {
         let Some((slot, image)) = self.nodes[from].disk.snapshot.clone() else {
             return;
         };
-        let node = &mut self.nodes[to];
-        if slot <= node.sm.applied_upto() {
-            return;
-        }
-        if let Err(error) = node.sm.restore(&image) {
+        // As the server does: restore into a fresh store and check it, let
+        // the core install it (it refuses one not ahead of what it handed
+        // out), and only then swap the store.
+        let mut kv = new_store(self.options.kv, self.options.ignore_request_stamps);
+        if let Err(error) = kv.restore(&image) {
             self.checker.violation(format!(
                 "n{to}: received snapshot failed to restore: {error}"
             ));
             return;
         }
+        check_restored(&mut self.checker, NodeId(to as u32), slot, &image, &kv);
+        let node = &mut self.nodes[to];
+        let installed = node
+            .replica
+            .as_mut()
+            .is_some_and(|replica| replica.install_snapshot(slot));
+        if !installed {
+            return;
+        }
+        node.kv = kv;
         node.disk.save_snapshot(slot, image);
         node.last_snapshot_slot = slot;
-        self.checker
-            .snapshot_installed(NodeId(to as u32), slot, &node.sm);
-        if let Some(replica) = node.replica.as_mut() {
-            replica.install_snapshot(slot);
-        }
         self.faults.snapshots_installed += 1;
         self.process_ready(to);
     }
@@ -866,7 +1062,7 @@ impl Simulation {
         format!("{pending} client requests pending; {}", nodes.join(", "))
     }
 
-    fn final_checks(&mut self) {
+    fn final_checks(&mut self, converged: bool) {
         for (i, node) in self.nodes.iter().enumerate() {
             if let Some(replica) = &node.replica {
                 for (slot, entry) in replica.chosen_entries() {
@@ -874,8 +1070,46 @@ impl Simulation {
                 }
             }
         }
+        if converged {
+            // Every replica is up and has applied the same rounds: the same
+            // state, and counters that grew once per increment that ran.
+            for (i, node) in self.nodes.iter().enumerate() {
+                let me = NodeId(i as u32);
+                let kv = &node.kv;
+                self.checker
+                    .state_at(me, kv.applied_upto(), digest(&kv.snapshot()));
+                for counter in COUNTERS {
+                    let ran = self.checker.increments(counter);
+                    let value = kv.get(counter);
+                    let holds = match value {
+                        None => 0,
+                        Some(v) => v.as_u64().unwrap_or(u64::MAX),
+                    };
+                    if holds != ran {
+                        self.checker.violation(format!(
+                            "exactly once: {counter} is {value:?} on {me}, but {ran} distinct \
+                             requests incremented it"
+                        ));
+                    }
+                }
+            }
+        }
         self.checker.final_checks();
     }
+}
+
+/// A restored store must be the state it was saved from: the image
+/// round-trips, covers the round it was saved at, and matches every other
+/// replica's state at that round.
+fn check_restored(checker: &mut Checker, node: NodeId, slot: Slot, image: &[u8], kv: &KvStore) {
+    if kv.applied_upto() != slot || kv.snapshot() != image {
+        checker.violation(format!(
+            "applied prefix: {node} restored a snapshot of round {slot} to a different state \
+             (at round {})",
+            kv.applied_upto()
+        ));
+    }
+    checker.state_at(node, slot, digest(image));
 }
 
 fn config_for(options: &SimOptions, id: NodeId) -> Config {
@@ -911,6 +1145,9 @@ pub enum Bug {
     /// Replicas answer linearizable reads from their own state
     /// (linearizable reads).
     LocalReads,
+    /// The session table ignores request stamps: a request whose session
+    /// expired runs again (exactly once).
+    DedupExpiry,
 }
 
 impl SimOptions {
@@ -933,6 +1170,7 @@ impl SimOptions {
                 self.bugs.local_reads = true;
                 self.faults.read_per_mille = self.faults.read_per_mille.max(300);
             }
+            Some(Bug::DedupExpiry) => self.ignore_request_stamps = true,
         }
         self.bugs.record_violations = bug.is_some();
         self
@@ -948,6 +1186,7 @@ pub fn run_seed(seed: u64) -> SimReport {
 pub fn record_kind(record: &PersistRecord) -> &'static str {
     match record {
         PersistRecord::Promised(_) => "promised",
+        PersistRecord::Campaigned(_) => "campaigned",
         PersistRecord::Accepted { .. } => "accepted",
         PersistRecord::Chosen { .. } => "chosen",
     }

@@ -36,27 +36,18 @@ fn main() -> ExitCode {
         };
     }
     let started = Instant::now();
-    let mut totals = SimReport {
-        seed: 0,
-        nodes: 0,
-        ticks: 0,
-        steps: 0,
-        committed: 0,
-        slots: 0,
-        leader_changes: 0,
-        reads: 0,
-        faults: Default::default(),
-        violations: Vec::new(),
-    };
+    let mut totals = SimReport::default();
     let mut failed = Vec::new();
     for seed in args.start_seed..args.start_seed + args.seeds {
-        let report = Simulation::new(SimOptions::from_seed(seed).with_bug(args.bug)).run();
+        let report = run_caught(SimOptions::from_seed(seed).with_bug(args.bug));
         totals.ticks += report.ticks;
         totals.steps += report.steps;
         totals.committed += report.committed;
         totals.slots += report.slots;
         totals.leader_changes += report.leader_changes;
         totals.reads += report.reads;
+        totals.request_expired += report.request_expired;
+        totals.sessions_expired += report.sessions_expired;
         let f = &mut totals.faults;
         f.dropped += report.faults.dropped;
         f.duplicated += report.faults.duplicated;
@@ -79,6 +70,7 @@ fn main() -> ExitCode {
     let f = &totals.faults;
     println!(
         "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
+         sessions expired {} request_expired answers {} | \
          faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} snapshots taken {} installed {} | \
          violations {} | {:.1}s",
         args.seeds,
@@ -88,6 +80,8 @@ fn main() -> ExitCode {
         totals.reads,
         totals.slots,
         totals.leader_changes,
+        totals.sessions_expired,
+        totals.request_expired,
         f.dropped,
         f.duplicated,
         f.partitions,
@@ -106,9 +100,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one seed; a panic (a core invariant assertion, say) is reported as
+/// that seed's violation, so one seed does not end the sweep.
+fn run_caught(options: SimOptions) -> SimReport {
+    let seed = options.seed;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Simulation::new(options).run()
+    }));
+    run.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        SimReport {
+            seed,
+            violations: vec![format!("panic: {message}")],
+            ..SimReport::default()
+        }
+    })
+}
+
 fn print_report(report: &SimReport) {
     println!(
-        "seed {} | nodes {} | ticks {} | steps {} | committed {} | slots {} | leader changes {} | faults {:?}",
+        "seed {} | nodes {} | ticks {} | steps {} | committed {} | slots {} | leader changes {} | \
+         sessions expired {} | request_expired answers {} | faults {:?}",
         report.seed,
         report.nodes,
         report.ticks,
@@ -116,6 +132,8 @@ fn print_report(report: &SimReport) {
         report.committed,
         report.slots,
         report.leader_changes,
+        report.sessions_expired,
+        report.request_expired,
         report.faults
     );
     if report.violations.is_empty() {

@@ -27,6 +27,7 @@ pub struct SegmentReport {
     /// Bytes up to the end of the last good record.
     pub valid_bytes: u64,
     pub promised_records: u64,
+    pub campaign_records: u64,
     pub accepted_records: u64,
     pub chosen_records: u64,
     pub min_slot: Option<Slot>,
@@ -170,6 +171,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
         let scan = scan_segment(&path, &data, seq, |offset, rec| {
             match &rec {
                 PersistRecord::Promised(_) => rep.promised_records += 1,
+                PersistRecord::Campaigned(_) => rep.campaign_records += 1,
                 PersistRecord::Accepted { .. } => rep.accepted_records += 1,
                 PersistRecord::Chosen { .. } => rep.chosen_records += 1,
             }

@@ -122,6 +122,8 @@ pub struct Wal {
     /// Appended since the last successful sync.
     dirty: bool,
     promised: Ballot,
+    /// Highest campaign ballot appended (repeated at each segment's start).
+    campaigned: Ballot,
     poisoned: Option<String>,
     #[cfg(test)]
     fail_next_sync: bool,
@@ -320,6 +322,7 @@ impl Wal {
         }
 
         let promised = state.promised;
+        let campaigned = state.campaigned;
         let recovered_segments = segments.len();
         let (active, active_len) = match segments.last() {
             Some(seg) => {
@@ -331,7 +334,7 @@ impl Wal {
                 (f, len)
             }
             None => {
-                let (seg, f, len) = create_segment(&dir, 1, promised)?;
+                let (seg, f, len) = create_segment(&dir, 1, promised, campaigned)?;
                 segments.push(seg);
                 (f, len)
             }
@@ -345,6 +348,7 @@ impl Wal {
             buf: Vec::new(),
             dirty: false,
             promised,
+            campaigned,
             poisoned: None,
             #[cfg(test)]
             fail_next_sync: false,
@@ -394,8 +398,10 @@ impl Wal {
             let n = encode_record(rec, &mut self.buf)?;
             self.active_len += n as u64;
             self.dirty = true;
-            if let PersistRecord::Promised(b) = rec {
-                self.promised = self.promised.max(*b);
+            match rec {
+                PersistRecord::Promised(b) => self.promised = self.promised.max(*b),
+                PersistRecord::Campaigned(b) => self.campaigned = self.campaigned.max(*b),
+                _ => {}
             }
             if let Some(seg) = self.segments.last_mut() {
                 seg.max_slot = max_slot(seg.max_slot, rec.slot());
@@ -462,7 +468,7 @@ impl Wal {
         // treats only the last segment's tail as possibly torn.
         self.sync()?;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        match create_segment(&self.dir, seq, self.promised) {
+        match create_segment(&self.dir, seq, self.promised, self.campaigned) {
             Ok((seg, file, len)) => {
                 self.segments.push(seg);
                 self.active = file;
@@ -545,13 +551,20 @@ impl Wal {
     }
 }
 
-/// Creates segment `seq` durably: temp file with header + `Promised`,
-/// fsync, rename, fsync directory. Returns it opened for appending.
-fn create_segment(dir: &Path, seq: u64, promised: Ballot) -> Result<(Segment, File, u64)> {
+/// Creates segment `seq` durably: temp file with header + `Promised` +
+/// `Campaigned` (so compaction never drops the newest of either), fsync,
+/// rename, fsync directory. Returns it opened for appending.
+fn create_segment(
+    dir: &Path,
+    seq: u64,
+    promised: Ballot,
+    campaigned: Ballot,
+) -> Result<(Segment, File, u64)> {
     let tmp = dir.join(segment_temp_name(seq));
     let path = dir.join(segment_file_name(seq));
     let mut bytes = encode_segment_header(seq).to_vec();
     encode_record(&PersistRecord::Promised(promised), &mut bytes)?;
+    encode_record(&PersistRecord::Campaigned(campaigned), &mut bytes)?;
     {
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
