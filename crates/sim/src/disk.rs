@@ -15,6 +15,11 @@ pub struct SimDisk {
     /// Records written without an fsync (chosen marks): durable only once a
     /// later batch is synced, lost if the replica crashes first.
     pub unsynced: Vec<PersistRecord>,
+    /// The synced records since the snapshot, in order (for a cut tail).
+    pub records: Vec<PersistRecord>,
+    /// The driver's "recovering" mark beside the log: set when the disk
+    /// was lost or its synced tail cut, cleared on `Event::Recovered`.
+    pub recovering: bool,
 }
 
 impl SimDisk {
@@ -41,6 +46,7 @@ impl SimDisk {
             if let Err(error) = self.durable.replay(record) {
                 checker.violation(format!("{node}: disk replay rejected a record: {error}"));
             }
+            self.records.push(record.clone());
         }
         self.durable_promise_high_water =
             self.durable_promise_high_water.max(self.durable.promised);
@@ -49,7 +55,34 @@ impl SimDisk {
     pub fn save_snapshot(&mut self, slot: Slot, image: Vec<u8>) {
         self.unsynced.retain(|r| r.slot().is_none_or(|s| s >= slot));
         self.durable.compact(slot);
+        self.records = self.durable.to_records();
         self.snapshot = Some((slot, image));
+    }
+
+    /// A fault: the folder is gone (a replaced disk). The replica starts
+    /// empty and marked recovering, as `--initial-cluster-state existing`.
+    pub fn lose_everything(&mut self) {
+        *self = SimDisk {
+            recovering: true,
+            ..SimDisk::default()
+        };
+    }
+
+    /// A fault: the last `count` synced records are damaged and cut off at
+    /// restart (a torn write and a damaged synced record look alike), so the
+    /// replica is marked recovering.
+    pub fn cut_synced_tail(&mut self, count: usize) {
+        let keep = self.records.len().saturating_sub(count);
+        self.records.truncate(keep);
+        let mut durable = DurableState::from_snapshot(self.durable.log_start);
+        for record in &self.records {
+            // These replayed before, in the same order.
+            let _ = durable.replay(record);
+        }
+        self.durable = durable;
+        self.durable_promise_high_water = self.durable.promised;
+        self.unsynced.clear();
+        self.recovering = true;
     }
 
     /// Bug injection: the promise is lost on restart.

@@ -47,6 +47,10 @@ pub struct Faults {
     /// leader: its early messages are out, its records are not synced, and
     /// it restarts within a few ticks.
     pub crash_after_win_per_mille: u64,
+    /// Chance (per mille) that a crash also loses the replica's disk, or
+    /// the synced tail of its log (half each), when no other replica is
+    /// recovering: it restarts marked recovering.
+    pub disk_loss_per_mille: u64,
 }
 
 impl Faults {
@@ -62,6 +66,7 @@ impl Faults {
             read_per_mille: 0,
             max_clock_skew_per_mille: 0,
             crash_after_win_per_mille: 0,
+            disk_loss_per_mille: 0,
         }
     }
 
@@ -80,6 +85,9 @@ impl Faults {
             read_per_mille: pick(rng, &[0, 200, 500]),
             max_clock_skew_per_mille: pick(rng, &[0, 10, 50]),
             crash_after_win_per_mille: pick(rng, &[0, 0, 100, 500]),
+            // Drawn in `from_seed` from a stream of its own (so adding it
+            // changed no other seed's run).
+            disk_loss_per_mille: 0,
         }
     }
 }
@@ -120,6 +128,9 @@ impl SimOptions {
         let faults = Faults::draw(&mut rng);
         let (kv, clients) = workload::draw_kv_options(&mut rng, clients);
         let slow_client_per_mille = [0, 0, 200, 500][rng.range(0, 4) as usize];
+        let mut faults = faults;
+        let mut disk_rng = SplitMix64::new(seed ^ 0xD15C_0055);
+        faults.disk_loss_per_mille = [0, 0, 100, 300][disk_rng.range(0, 4) as usize];
         SimOptions {
             seed,
             nodes,
@@ -147,6 +158,9 @@ pub struct FaultCounts {
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
     pub crashes_after_win: u64,
+    pub disks_lost: u64,
+    pub synced_tails_cut: u64,
+    pub recoveries: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -450,9 +464,37 @@ impl Simulation {
     }
 
     fn crash(&mut self, index: usize, down_ticks: u64) {
+        let others_recovering = self
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != index && n.disk.recovering);
+        // No draw at all when the fault is off, so seeds without it replay
+        // as they did before it existed.
+        let disk_loss = self.options.faults.disk_loss_per_mille;
+        let lose = disk_loss > 0
+            && self.now_tick <= self.options.fault_ticks
+            && !others_recovering
+            && self.rng.chance(disk_loss, 1000);
+        let (tail, cut) = if lose {
+            (self.rng.chance(1, 2), self.rng.range(1, 6) as usize)
+        } else {
+            (false, 0)
+        };
         let node = &mut self.nodes[index];
         node.replica = None;
         node.disk.crash();
+        if lose {
+            if tail {
+                node.disk.cut_synced_tail(cut);
+                self.faults.synced_tails_cut += 1;
+            } else {
+                node.disk.lose_everything();
+                self.faults.disks_lost += 1;
+            }
+            node.last_promised_seen = node.disk.durable.promised;
+            node.last_snapshot_slot = node.disk.snapshot.as_ref().map_or(Slot::ZERO, |(s, _)| *s);
+        }
         node.down_until = self.now_tick + down_ticks;
         self.faults.crashes += 1;
     }
@@ -484,7 +526,8 @@ impl Simulation {
                         .violation(format!("n{i}: snapshot failed to restore: {error}")),
                 }
             }
-            let durable = node.disk.durable.clone();
+            let mut durable = node.disk.durable.clone();
+            durable.recovering = node.disk.recovering;
             let replica = Replica::new(config_for(&self.options, NodeId(i as u32)), durable, seed);
             let durable_promise = node.disk.durable_promise_high_water;
             if replica.promised() < durable_promise {
@@ -805,6 +848,11 @@ impl Simulation {
         for event in ready.events {
             match event {
                 Event::ProposalDropped { id, .. } => self.on_client_dropped(me, id),
+                Event::Recovered { .. } => {
+                    // After this turn's records were written: the mark goes.
+                    self.nodes[index].disk.recovering = false;
+                    self.faults.recoveries += 1;
+                }
                 Event::ReadReady {
                     read_id,
                     read_index,
@@ -1137,6 +1185,9 @@ pub enum Bug {
     ForgetPromise,
     /// A restarted replica loses its log (durability).
     LoseLog,
+    /// A replica on a lost disk (or a cut synced tail) votes at once instead
+    /// of recovering first (agreement, durability).
+    SkipRecovery,
     /// A new leader's accepts leave before its promise is durable (one
     /// value per ballot and slot; leader ballot durable).
     BallotReuse,
@@ -1160,6 +1211,11 @@ impl SimOptions {
             Some(Bug::SkipApply) => self.bugs.skip_apply_slot = Some(3),
             Some(Bug::ForgetPromise) => self.forget_promise_on_restart = true,
             Some(Bug::LoseLog) => self.lose_log_on_restart = true,
+            Some(Bug::SkipRecovery) => {
+                self.bugs.skip_recovery = true;
+                self.faults.disk_loss_per_mille = self.faults.disk_loss_per_mille.max(500);
+                self.faults.crash_per_100k = self.faults.crash_per_100k.max(200);
+            }
             Some(Bug::BallotReuse) => {
                 self.bugs.early_send_at_new_ballot = true;
                 self.faults.crash_after_win_per_mille =
@@ -1170,7 +1226,12 @@ impl SimOptions {
                 self.bugs.local_reads = true;
                 self.faults.read_per_mille = self.faults.read_per_mille.max(300);
             }
-            Some(Bug::DedupExpiry) => self.ignore_request_stamps = true,
+            Some(Bug::DedupExpiry) => {
+                self.ignore_request_stamps = true;
+                // Its seeds were found before disks could be lost; keep
+                // those runs as they were.
+                self.faults.disk_loss_per_mille = 0;
+            }
         }
         self.bugs.record_violations = bug.is_some();
         self

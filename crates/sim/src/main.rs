@@ -57,6 +57,9 @@ fn main() -> ExitCode {
         f.snapshots_taken += report.faults.snapshots_taken;
         f.snapshots_installed += report.faults.snapshots_installed;
         f.crashes_after_win += report.faults.crashes_after_win;
+        f.disks_lost += report.faults.disks_lost;
+        f.synced_tails_cut += report.faults.synced_tails_cut;
+        f.recoveries += report.faults.recoveries;
         if !report.violations.is_empty() {
             eprintln!(
                 "seed {seed}: {} violation(s); first: {}",
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
     println!(
         "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
          sessions expired {} request_expired answers {} | \
-         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} snapshots taken {} installed {} | \
+         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} disks lost {} synced tails cut {} (recovered {}) snapshots taken {} installed {} | \
          violations {} | {:.1}s",
         args.seeds,
         totals.ticks,
@@ -88,6 +91,9 @@ fn main() -> ExitCode {
         f.crashes,
         f.crashes_after_win,
         f.torn_writes,
+        f.disks_lost,
+        f.synced_tails_cut,
+        f.recoveries,
         f.snapshots_taken,
         f.snapshots_installed,
         failed.len(),

@@ -136,6 +136,14 @@ fn sessions_expire_without_violations_when_stamps_are_honoured() {
     assert!(expired > 0, "no request_expired answer in these seeds");
 }
 
+/// Losing a replica's disk, or the synced tail of its log, is a fault the
+/// swarm draws; with the recovery rule switched off the replica votes with
+/// what it forgot and two values get chosen for a slot (seeds 41 and 49).
+#[test]
+fn agreement_checker_catches_a_replica_voting_with_a_lost_disk() {
+    assert_caught(Bug::SkipRecovery, "agreement");
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let a = Simulation::new(SimOptions::from_seed(77)).run();
