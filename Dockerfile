@@ -13,7 +13,7 @@
 #
 # The builder is Debian bookworm and so is distroless/cc-debian12: the binary's
 # glibc requirement matches the runtime.  Keep the two in step if you change
-# either.  RUST_IMAGE must be at least the workspace's rust-version (1.85).
+# either.  RUST_IMAGE must be at least the workspace's rust-version (1.89).
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot

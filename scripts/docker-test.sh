@@ -23,6 +23,8 @@ fail() { echo "docker-test: FAILED: $*" >&2; exit 1; }
 t0=$SECONDS
 
 if ! docker info >/dev/null 2>&1; then
+    # CI runs where Docker Engine is: there a missing engine is a failure.
+    [[ ${CI:-} == true ]] && fail "docker is not available (docker info failed) and CI=true"
     say "SKIP: docker is not available (docker info failed)"
     exit 0
 fi
@@ -31,6 +33,7 @@ if command -v docker-compose >/dev/null 2>&1; then
 elif docker compose version >/dev/null 2>&1; then
     compose=(docker compose)
 else
+    [[ ${CI:-} == true ]] && fail "neither docker-compose nor 'docker compose' is available and CI=true"
     say "SKIP: neither docker-compose nor 'docker compose' is available"
     exit 0
 fi

@@ -9,5 +9,23 @@ seeds=${PAXLOG_SIM_SEEDS:-3000}
 # The end-to-end campaign tests drive the release binary.
 cargo build --release --locked -q -p paxlog-cli -p paxlog-sim
 cargo test --workspace --locked
-echo "== simulator: $seeds seeds"
+echo "== simulator: $seeds seeds from 0"
 ./target/release/paxlog-sim --seeds "$seeds"
+echo "== simulator: regression seeds (crates/sim/regression-seeds.txt)"
+grep -o '^[0-9]\+' crates/sim/regression-seeds.txt | while read -r seed; do
+  ./target/release/paxlog-sim --seed "$seed" >/dev/null || {
+    echo "regression seed $seed fails: replay with cargo run --release -p paxlog-sim -- --seed $seed"
+    exit 1
+  }
+done
+# New ground on every run: a fresh random range, printed so a failure can be
+# replayed; failing seeds go to target/sim-failing-seeds.txt.
+fresh_start=${PAXLOG_SIM_START:-$(( ($(od -An -N4 -tu4 /dev/urandom | tr -d ' ') % 1000000000) + 1000000 ))}
+fresh=${PAXLOG_SIM_FRESH_SEEDS:-1000}
+echo "== simulator: $fresh fresh seeds from $fresh_start (replay: PAXLOG_SIM_START=$fresh_start)"
+if ! ./target/release/paxlog-sim --seeds "$fresh" --start-seed "$fresh_start" 2> target/sim-fresh.log; then
+  cat target/sim-fresh.log
+  grep -o '^seed [0-9]\+' target/sim-fresh.log | cut -d' ' -f2 >> target/sim-failing-seeds.txt
+  echo "failing seeds written to target/sim-failing-seeds.txt: add them to crates/sim/regression-seeds.txt"
+  exit 1
+fi

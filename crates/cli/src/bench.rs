@@ -340,6 +340,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             println!("first error: {e}");
         }
     }
+    // A run with failed requests is not a measurement to quote.
+    if summary.errors > 0 {
+        anyhow::bail!(
+            "{} of {} requests failed (first: {})",
+            summary.errors,
+            summary.ops + summary.errors,
+            summary.first_error.as_deref().unwrap_or("unknown")
+        );
+    }
     Ok(())
 }
 

@@ -95,16 +95,42 @@ fn corrupt_or_missing_metadata_is_refused() {
 #[test]
 fn unwritable_directory_is_refused() {
     use std::os::unix::fs::PermissionsExt;
+    // The second half: this same test, run again as an unprivileged user.
+    if let Ok(path) = std::env::var("PAXLOG_TEST_UNWRITABLE_DIR") {
+        let err = DataDir::open_or_init(&path, "c1", 0).unwrap_err();
+        assert!(matches!(err, StorageError::NotWritable { .. }), "{err:?}");
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = tmp.path().join("ro");
     std::fs::create_dir(&path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555)).unwrap();
-    if std::fs::write(path.join("probe"), b"x").is_ok() {
-        eprintln!("running with CAP_DAC_OVERRIDE (root?): permission test skipped");
+    if std::fs::write(path.join("probe"), b"x").is_err() {
+        let err = DataDir::open_or_init(&path, "c1", 0).unwrap_err();
+        assert!(matches!(err, StorageError::NotWritable { .. }), "{err:?}");
         return;
     }
-    let err = DataDir::open_or_init(&path, "c1", 0).unwrap_err();
-    assert!(matches!(err, StorageError::NotWritable { .. }), "{err:?}");
+    // Root ignores permissions: run this test again as user nobody.
+    std::fs::remove_file(path.join("probe")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "unwritable_directory_is_refused",
+            "--test-threads=1",
+        ])
+        .env("PAXLOG_TEST_UNWRITABLE_DIR", &path)
+        .output()
+        .expect("setpriv (util-linux) runs the test as an unprivileged user");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "as nobody: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
