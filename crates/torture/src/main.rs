@@ -49,6 +49,12 @@ enum NemesisArg {
     Disk,
     /// fsync/fdatasync failures via libfiu (not part of `all`).
     Fsync,
+    /// SIGSTOP the leader for 2-4 s, several election timeouts (in about
+    /// half the faults with its links cut meanwhile), while clients wait
+    /// longer than that (not part of `all`; the client timeout defaults to
+    /// 8 s with it): reads queued at the stopped leader are answered after
+    /// it resumes, and checked.
+    PauseLeader,
     All,
     None,
 }
@@ -90,9 +96,9 @@ struct Args {
     /// the checker's work).
     #[arg(long, default_value_t = 120)]
     ops_per_key: u64,
-    /// Client request timeout, ms.
-    #[arg(long, default_value_t = 2000)]
-    timeout_ms: u64,
+    /// Client request timeout, ms [default: 2000; 8000 with pause-leader].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Each client sleeps up to this long between operations, ms.
     #[arg(long, default_value_t = 40)]
     think_ms: u64,
@@ -155,6 +161,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             NemesisArg::Clock => &[K::Clock],
             NemesisArg::Disk => &[K::Disk],
             NemesisArg::Fsync => &[K::Fsync],
+            NemesisArg::PauseLeader => &[K::PauseLeader],
             NemesisArg::All => &[K::Kill, K::Pause, K::Partition, K::Clock, K::Disk],
             NemesisArg::None => &[],
         };
@@ -177,6 +184,26 @@ async fn run(args: Args) -> Result<ExitCode> {
             "fsync nemesis skipped: libfiu is not installed (apt-get install fiu-utils)"
                 .to_string(),
         );
+    }
+    let pause_leader = kinds.contains(&nemesis::Kind::PauseLeader);
+    let timeout_ms = args
+        .timeout_ms
+        .unwrap_or(if pause_leader { 8000 } else { 2000 });
+    if pause_leader {
+        let longest = nemesis::PAUSE_LEADER_MS.1;
+        if timeout_ms < longest + 2000 {
+            bail!(
+                "--nemesis pause-leader stops the leader for up to {longest} ms: --timeout-ms \
+                 must be at least {} so that requests queued at the stopped leader are answered \
+                 (and checked) after it resumes, not abandoned",
+                longest + 2000
+            );
+        }
+        notes.push(format!(
+            "pause-leader: the leader is stopped (SIGSTOP) for {}-{} ms and clients wait up to {timeout_ms} ms, so reads sent to it while it is stopped are answered after it resumes and checked",
+            nemesis::PAUSE_LEADER_MS.0,
+            nemesis::PAUSE_LEADER_MS.1
+        ));
     }
     let anomaly = args.anomaly.is_some();
     std::fs::create_dir_all(&args.out)?;
@@ -214,7 +241,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         clients: args.clients,
         keys: args.keys,
         ops_per_key: args.ops_per_key,
-        timeout: Duration::from_millis(args.timeout_ms),
+        timeout: Duration::from_millis(timeout_ms),
         think_ms: args.think_ms,
         local_reads: anomaly,
         seed: args.seed,

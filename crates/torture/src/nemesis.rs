@@ -16,7 +16,17 @@ pub enum Kind {
     Clock,
     Disk,
     Fsync,
+    /// SIGSTOP the leader for several election timeouts (a random replica
+    /// only if no leader shows up within 5 s).
+    PauseLeader,
 }
+
+/// How long `pause-leader` keeps the leader stopped, ms: several election
+/// timeouts (a replica's default election timeout is 0.5..1 s), so that the
+/// others elect a leader and acknowledge writes meanwhile. Clients must wait
+/// longer than this (`--timeout-ms`) for the reads queued at the stopped
+/// leader to be answered, and so checked, once it resumes.
+pub const PAUSE_LEADER_MS: (u64, u64) = (2000, 4000);
 
 impl Kind {
     pub fn name(self) -> &'static str {
@@ -27,6 +37,7 @@ impl Kind {
             Kind::Clock => "clock",
             Kind::Disk => "disk",
             Kind::Fsync => "fsync",
+            Kind::PauseLeader => "pause-leader",
         }
     }
 }
@@ -206,6 +217,7 @@ impl<'a> Nemesis<'a> {
                 Kind::Clock => self.clock(&mut rec, until).await,
                 Kind::Disk => self.disk(&mut rec).await?,
                 Kind::Fsync => self.fsync(&mut rec, until).await,
+                Kind::PauseLeader => self.pause_leader(&mut rec, until).await?,
             }
             rec.end_ms = ms(self.t0);
             self.faults.push(rec);
@@ -283,6 +295,55 @@ impl<'a> Nemesis<'a> {
         self.cluster.pause(v)?;
         self.mark();
         self.sleep_ms(1500, 6000, until).await;
+        self.cluster.resume(v)?;
+        Ok(())
+    }
+
+    /// Stops the leader (waiting up to 5 s for one) for PAUSE_LEADER_MS:
+    /// its lease expires in real time, the others elect a leader and take
+    /// writes, and clients' requests queue in the stopped leader's sockets
+    /// until it resumes and answers them. In about half the faults its links
+    /// are also cut while it is stopped (healed just before it resumes), as
+    /// in a network blip: its peers' connections to it are then new when it
+    /// resumes, and nothing they sent during the pause is waiting for it, so
+    /// that it may answer the queued reads before it hears of the new leader.
+    async fn pause_leader(&mut self, rec: &mut FaultRec, until: Instant) -> Result<()> {
+        let wait_until = (Instant::now() + Duration::from_secs(5)).min(until);
+        let mut leader = self.cluster.leader().await;
+        while leader.is_none() && Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            leader = self.cluster.leader().await;
+        }
+        let v = match leader {
+            Some(l) => {
+                rec.leader_targeted = true;
+                l
+            }
+            None => self.rng.below(self.cluster.n as u64) as usize,
+        };
+        rec.nodes = vec![v];
+        let (lo, hi) = PAUSE_LEADER_MS;
+        let hold = self.rng.range(lo, hi + 1);
+        let cut = self.rng.below(2) == 0;
+        rec.detail = format!(
+            "{} for {hold} ms{}",
+            if leader.is_some() {
+                "leader"
+            } else {
+                "one (no leader)"
+            },
+            if cut { ", its links cut meanwhile" } else { "" }
+        );
+        self.cluster.pause(v)?;
+        let others: Vec<usize> = (0..self.cluster.n).filter(|&j| j != v).collect();
+        if cut {
+            self.cluster.net.split(&[v], &others);
+        }
+        self.mark();
+        self.sleep_ms(hold, hold + 1, until).await;
+        if cut {
+            self.cluster.net.heal_all();
+        }
         self.cluster.resume(v)?;
         Ok(())
     }

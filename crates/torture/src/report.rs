@@ -343,6 +343,7 @@ fn svg(ops: &[OpRec], faults: &[FaultRec], end_ms: f64) -> String {
     let colors = [
         ("kill", "#e57373"),
         ("pause", "#ffb74d"),
+        ("pause-leader", "#ff8a65"),
         ("partition", "#64b5f6"),
         ("clock", "#ba68c8"),
         ("disk", "#a1887f"),

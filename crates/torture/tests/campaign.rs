@@ -98,3 +98,91 @@ fn local_reads_anomaly_is_detected() {
     assert!(stdout.contains("ANOMALY DETECTED"), "{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn pause_leader_refuses_a_client_timeout_shorter_than_its_pause() {
+    let out = out_dir("pause-leader-timeout");
+    let (code, stdout, stderr) = campaign(
+        &[
+            "--time",
+            "10",
+            "--nemesis",
+            "pause-leader",
+            "--timeout-ms",
+            "2000",
+        ],
+        &out,
+    );
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("must be at least 6000"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The leader is stopped for longer than an election timeout while clients
+/// wait longer than that: reads sent to it meanwhile are answered after it
+/// resumes, so they are in the checked history (not dropped as failed).
+#[test]
+fn pause_leader_campaign_checks_reads_queued_at_the_stopped_leader() {
+    let out = out_dir("pause-leader");
+    let (code, stdout, stderr) = campaign(
+        &[
+            "--time",
+            "14",
+            "--nodes",
+            "3",
+            "--nemesis",
+            "pause-leader",
+            "--clients",
+            "8",
+            "--seed",
+            "14",
+        ],
+        &out,
+    );
+    assert_eq!(
+        code, 0,
+        "campaign failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap_or_default())
+            .expect("report.json parses");
+    assert_eq!(report["checker"]["verdict"], "linearizable");
+    let pauses: Vec<(u64, f64, f64)> = report["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter(|f| f["kind"] == "pause-leader" && f["leader_targeted"] == true)
+        .filter_map(|f| {
+            Some((
+                f["nodes"][0].as_u64()?,
+                f["start_ms"].as_f64()?,
+                f["end_ms"].as_f64()?,
+            ))
+        })
+        .collect();
+    assert!(!pauses.is_empty(), "no leader was paused: {report}");
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap_or_default();
+    let queued_reads_answered = history
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|o| o["kind"] == "read" && o["outcome"] == "ok")
+        .filter(|o| {
+            let (Some(node), Some(invoke), Some(complete)) = (
+                o["node"].as_u64(),
+                o["invoke_ms"].as_f64(),
+                o["complete_ms"].as_f64(),
+            ) else {
+                return false;
+            };
+            pauses.iter().any(|&(n, start, end)| {
+                n == node && invoke > start && invoke < end && complete > end
+            })
+        })
+        .count();
+    assert!(
+        queued_reads_answered > 0,
+        "no read sent to a stopped leader was answered after it resumed; faults: {:?}",
+        pauses
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
