@@ -1,10 +1,11 @@
 //! Checkers named after the properties they guard.
 
 use crate::workload::counter_of;
-use paxlog_core::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
-use paxlog_kv::ApplyOutput;
+use paxlog_core::{Ballot, Entry, NodeId, RequestId, Slot};
+use paxlog_kv::{ApplyOutput, KvCommand, KvRequest};
+use serde_json::Value;
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 const MAX_VIOLATIONS: usize = 50;
 
@@ -20,16 +21,22 @@ pub struct Checker {
     states: HashMap<Slot, (u64, NodeId)>,
     /// Exactly once: where each request ran (`duplicate == false`).
     executed: HashMap<RequestId, Slot>,
-    /// Distinct requests that ran a successful `ctrN += 1`, by counter.
-    increments: HashMap<&'static str, HashSet<RequestId>>,
-    /// Validity: what clients proposed.
-    issued: HashMap<RequestId, bytes::Bytes>,
+    /// Executions of a successful `ctrN += 1`, by counter.
+    increments: HashMap<&'static str, HashSet<(RequestId, Slot)>>,
+    /// Re-runs of the documented residual case (see `applied`).
+    residual_reruns: u64,
+    /// Validity: what clients asked for (each replica stamps it).
+    issued: HashMap<RequestId, KvCommand>,
     /// Durability: the slot each request was acknowledged as executed at.
     acked: HashMap<RequestId, Slot>,
     /// One past the highest slot any replica has applied.
     applied_floor: Slot,
     /// Every value sent in an Accept, by (ballot, slot): there is one.
     sent_values: HashMap<(Ballot, Slot), Entry>,
+    /// Per key, its value after each slot that changed it (in log order).
+    history: HashMap<String, BTreeMap<Slot, Option<Value>>>,
+    /// Per key, the highest slot of a write to it acknowledged so far.
+    acked_writes: HashMap<String, Slot>,
 }
 
 impl Checker {
@@ -41,10 +48,13 @@ impl Checker {
             states: HashMap::new(),
             executed: HashMap::new(),
             increments: HashMap::new(),
+            residual_reruns: 0,
             issued: HashMap::new(),
             acked: HashMap::new(),
             applied_floor: Slot::ZERO,
             sent_values: HashMap::new(),
+            history: HashMap::new(),
+            acked_writes: HashMap::new(),
         }
     }
 
@@ -73,7 +83,14 @@ impl Checker {
         self.chosen.keys().map(|s| s.0 + 1).max().unwrap_or(0)
     }
 
-    /// How many distinct requests successfully incremented `counter`.
+    /// Re-executions of a client's first request after its session expired,
+    /// retried at a replica that stamped it afresh: the store's documented
+    /// residual assumption (docs/design.md), not told apart from a new client.
+    pub fn residual_reruns(&self) -> u64 {
+        self.residual_reruns
+    }
+
+    /// How many executions successfully incremented `counter`.
     pub fn increments(&self, counter: &str) -> u64 {
         self.increments
             .get(counter)
@@ -99,8 +116,77 @@ impl Checker {
         }
     }
 
-    pub fn issued(&mut self, proposal: &Proposal) {
-        self.issued.insert(proposal.id, proposal.payload.clone());
+    pub fn issued(&mut self, id: RequestId, command: &KvCommand) {
+        self.issued.insert(id, command.clone());
+    }
+
+    /// The value agreed for `slot`, if any replica has reported it.
+    pub fn chosen_entry(&self, slot: Slot) -> Option<&Entry> {
+        self.chosen.get(&slot).map(|(entry, _)| entry)
+    }
+
+    /// The first application of `slot` anywhere changed `key` to `value`.
+    pub fn key_changed(&mut self, key: &str, slot: Slot, value: Option<Value>) {
+        self.history
+            .entry(key.to_string())
+            .or_default()
+            .insert(slot, value);
+    }
+
+    /// A write to `key` was acknowledged as executed at `slot`.
+    pub fn write_acked(&mut self, key: &str, slot: Slot) {
+        let floor = self.acked_writes.entry(key.to_string()).or_insert(slot);
+        *floor = (*floor).max(slot);
+    }
+
+    /// The highest slot of an acknowledged write to `key` (a read that
+    /// begins now must see it).
+    pub fn read_floor(&self, key: &str) -> Option<Slot> {
+        self.acked_writes.get(key).copied()
+    }
+
+    /// `key`'s value in the state at `round` (every slot below it applied).
+    fn value_at(&self, key: &str, round: Slot) -> Option<Value> {
+        self.history
+            .get(key)
+            .and_then(|h| h.range(..round).next_back())
+            .and_then(|(_, v)| v.clone())
+    }
+
+    /// A linearizable read of `key` that began when `floor` was the slot of
+    /// the last acknowledged write to it returned `value`, from `node`'s
+    /// state at `round`.
+    pub fn read_returned(
+        &mut self,
+        node: NodeId,
+        key: &str,
+        floor: Option<Slot>,
+        value: &Option<Value>,
+        round: Slot,
+    ) {
+        let at_round = self.value_at(key, round);
+        if *value != at_round {
+            self.violation(format!(
+                "linearizable read: {node} returned {value:?} for {key} at round {round}, where \
+                 the log says {at_round:?}"
+            ));
+            return;
+        }
+        let Some(floor) = floor else {
+            return;
+        };
+        // Values the key held at or after the state that includes `floor`.
+        let mut allowed = vec![self.value_at(key, floor.next())];
+        if let Some(h) = self.history.get(key) {
+            allowed.extend(h.range(floor.next()..).map(|(_, v)| v.clone()));
+        }
+        if !allowed.contains(value) {
+            self.violation(format!(
+                "linearizable read: {node} returned {value:?} for {key} (its state at round \
+                 {round}), older than the write to it acknowledged at slot {floor} before the \
+                 read began"
+            ));
+        }
     }
 
     /// A client was told that request `id` was executed at `slot` (by a
@@ -124,7 +210,8 @@ impl Checker {
             Some(_) => {}
             None => {
                 if let Entry::Command { id, payload } = entry {
-                    if self.issued.get(id) != Some(payload) {
+                    let command = KvRequest::decode(payload).ok().map(|r| r.command);
+                    if command.is_none() || self.issued.get(id) != command.as_ref() {
                         self.violation(format!(
                             "validity: slot {slot} on {node} holds {}, which no client proposed",
                             describe(entry)
@@ -169,6 +256,11 @@ impl Checker {
         // most, on every replica, whatever its retries, stamps and session
         // expiries.
         match self.executed.entry(id) {
+            MapEntry::Occupied(earlier)
+                if *earlier.get() != slot && residual_rerun(id, entry, *earlier.get()) =>
+            {
+                self.residual_reruns += 1;
+            }
             MapEntry::Occupied(earlier) if *earlier.get() != slot => {
                 let message = format!(
                     "exactly once: request {id} ({}) executed at slot {} and again at slot {slot} (on {node})",
@@ -183,7 +275,10 @@ impl Checker {
             }
         }
         if let Some(counter) = counter_of(entry).filter(|_| output.is_ok()) {
-            self.increments.entry(counter).or_default().insert(id);
+            self.increments
+                .entry(counter)
+                .or_default()
+                .insert((id, slot));
         }
         first
     }
@@ -230,6 +325,18 @@ impl Checker {
             self.violation(problem);
         }
     }
+}
+
+/// A client's first request (seq 1) running again with a stamp past its
+/// earlier execution: a retry that reached a replica which stamped it afresh
+/// after the session expired. The design documents this as the residual
+/// assumption of the session table (a fresh stamp is not told apart from a
+/// new client); every other re-run is a violation.
+fn residual_rerun(id: RequestId, entry: &Entry, earlier: Slot) -> bool {
+    let Entry::Command { payload, .. } = entry else {
+        return false;
+    };
+    id.seq == 1 && KvRequest::decode(payload).is_ok_and(|r| r.since > earlier)
 }
 
 fn describe(entry: &Entry) -> String {

@@ -1,8 +1,8 @@
 //! A simulated disk. Only what reached a sync survives a crash; the
 //! simulator decides where a crash cuts a batch.
 
-use crate::checker::Checker;
 use paxlog_core::{Ballot, DurableState, NodeId, PersistRecord, Slot};
+use std::collections::BTreeMap;
 
 #[derive(Default)]
 pub struct SimDisk {
@@ -11,7 +11,9 @@ pub struct SimDisk {
     /// The highest promise ever made durable (for the monotonicity check,
     /// which must survive the forget-promise bug).
     pub durable_promise_high_water: Ballot,
-    pub snapshot: Option<(Slot, Vec<u8>)>,
+    /// Durable snapshots by the round they start the log at, each with
+    /// the crc32c written beside it.
+    pub snapshots: BTreeMap<Slot, (Vec<u8>, u32)>,
     /// Records written without an fsync (chosen marks): durable only once a
     /// later batch is synced, lost if the replica crashes first.
     pub unsynced: Vec<PersistRecord>,
@@ -23,28 +25,27 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    /// Writes `records` in order; syncs (making earlier lazy writes durable
-    /// too) unless no record needs it.
-    pub fn write(&mut self, records: &[PersistRecord], checker: &mut Checker, node: NodeId) {
-        if !records.iter().any(|r| r.needs_sync()) {
-            self.unsynced.extend_from_slice(records);
-            return;
-        }
-        let lazy = std::mem::take(&mut self.unsynced);
-        self.write_synced(&lazy, checker, node);
-        self.write_synced(records, checker, node);
-    }
-
     /// A crash: what was never synced is gone.
     pub fn crash(&mut self) {
         self.unsynced.clear();
     }
 
-    /// Writes and syncs `records` in order.
-    pub fn write_synced(&mut self, records: &[PersistRecord], checker: &mut Checker, node: NodeId) {
-        for record in records {
+    /// Records handed to the OS without an fsync (lost at a crash).
+    pub fn write_lazy(&mut self, records: &[PersistRecord]) {
+        self.unsynced.extend_from_slice(records);
+    }
+
+    /// Writes and syncs the lazy records, then `records`, in order.
+    pub fn write_synced(
+        &mut self,
+        records: &[PersistRecord],
+        violations: &mut Vec<String>,
+        node: NodeId,
+    ) {
+        let lazy = std::mem::take(&mut self.unsynced);
+        for record in lazy.iter().chain(records) {
             if let Err(error) = self.durable.replay(record) {
-                checker.violation(format!("{node}: disk replay rejected a record: {error}"));
+                violations.push(format!("{node}: disk replay rejected a record: {error}"));
             }
             self.records.push(record.clone());
         }
@@ -52,11 +53,24 @@ impl SimDisk {
             self.durable_promise_high_water.max(self.durable.promised);
     }
 
-    pub fn save_snapshot(&mut self, slot: Slot, image: Vec<u8>) {
+    /// Drops the log wholly below `slot` (durably, as deleting segments
+    /// is); returns whether anything went.
+    pub fn compact_log(&mut self, slot: Slot) -> bool {
+        if slot <= self.durable.log_start {
+            return false;
+        }
         self.unsynced.retain(|r| r.slot().is_none_or(|s| s >= slot));
         self.durable.compact(slot);
         self.records = self.durable.to_records();
-        self.snapshot = Some((slot, image));
+        true
+    }
+
+    /// The newest snapshot, if any.
+    pub fn newest_snapshot(&self) -> Option<(Slot, &[u8])> {
+        self.snapshots
+            .iter()
+            .next_back()
+            .map(|(slot, (image, _))| (*slot, image.as_slice()))
     }
 
     /// A fault: the folder is gone (a replaced disk). The replica starts

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         totals.reads += report.reads;
         totals.request_expired += report.request_expired;
         totals.sessions_expired += report.sessions_expired;
+        totals.residual_reruns += report.residual_reruns;
         let f = &mut totals.faults;
         f.dropped += report.faults.dropped;
         f.duplicated += report.faults.duplicated;
@@ -60,6 +61,9 @@ fn main() -> ExitCode {
         f.disks_lost += report.faults.disks_lost;
         f.synced_tails_cut += report.faults.synced_tails_cut;
         f.recoveries += report.faults.recoveries;
+        f.stalls += report.faults.stalls;
+        f.fsync_errors += report.faults.fsync_errors;
+        f.stale_deliveries += report.faults.stale_deliveries;
         if !report.violations.is_empty() {
             eprintln!(
                 "seed {seed}: {} violation(s); first: {}",
@@ -73,8 +77,8 @@ fn main() -> ExitCode {
     let f = &totals.faults;
     println!(
         "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
-         sessions expired {} request_expired answers {} | \
-         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} disks lost {} synced tails cut {} (recovered {}) snapshots taken {} installed {} | \
+         sessions expired {} request_expired answers {} residual first-request re-runs {} | \
+         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} fsync errors {} stalls {} stale deliveries {} disks lost {} synced tails cut {} (recovered {}) snapshots taken {} installed {} | \
          violations {} | {:.1}s",
         args.seeds,
         totals.ticks,
@@ -85,12 +89,16 @@ fn main() -> ExitCode {
         totals.leader_changes,
         totals.sessions_expired,
         totals.request_expired,
+        totals.residual_reruns,
         f.dropped,
         f.duplicated,
         f.partitions,
         f.crashes,
         f.crashes_after_win,
         f.torn_writes,
+        f.fsync_errors,
+        f.stalls,
+        f.stale_deliveries,
         f.disks_lost,
         f.synced_tails_cut,
         f.recoveries,

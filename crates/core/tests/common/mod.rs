@@ -10,6 +10,11 @@
 //!
 //! An agreement oracle is checked on every output: a slot applied or known
 //! chosen anywhere must hold the same value everywhere, forever.
+//!
+//! This is a thin view of the driver's contract (`crates/server/src/driver`,
+//! which the simulator runs): persist, send, apply, events; early messages
+//! may leave before the fsync, and a node waiting for its fsync takes no
+//! input. It exists for scenarios that deliver single messages by hand.
 
 #![allow(dead_code)]
 
