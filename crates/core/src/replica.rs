@@ -519,6 +519,23 @@ impl Replica {
         self.flush_forwards();
         self.flush_reads();
         self.flush_commit();
+        // Checked in release builds too (the simulator runs in release):
+        // application never runs ahead of what is chosen, and nothing below
+        // the snapshot point is handed out.
+        assert!(
+            self.applied_upto <= self.chosen_upto,
+            "{}: applied {} ahead of chosen {}",
+            self.cfg.id,
+            self.applied_upto,
+            self.chosen_upto
+        );
+        assert!(
+            self.log_start <= self.applied_upto,
+            "{}: log start {} ahead of applied {}",
+            self.cfg.id,
+            self.log_start,
+            self.applied_upto
+        );
         let mut ready = std::mem::take(&mut self.out);
         ready.messages_wait_for_sync = !self.cfg.bugs.early_send_at_new_ballot
             && ready
