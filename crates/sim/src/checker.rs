@@ -37,7 +37,11 @@ pub struct Checker {
     history: HashMap<String, BTreeMap<Slot, Option<Value>>>,
     /// Per key, the highest slot of a write to it acknowledged so far.
     acked_writes: HashMap<String, Slot>,
+    /// Reads answered at a round no replica has reported applying yet.
+    deferred_reads: Vec<DeferredRead>,
 }
+
+type DeferredRead = (NodeId, String, Option<Slot>, Option<Value>, Slot);
 
 impl Checker {
     pub fn new(_nodes: u32) -> Checker {
@@ -55,6 +59,7 @@ impl Checker {
             sent_values: HashMap::new(),
             history: HashMap::new(),
             acked_writes: HashMap::new(),
+            deferred_reads: Vec::new(),
         }
     }
 
@@ -120,6 +125,11 @@ impl Checker {
         self.issued.insert(id, command.clone());
     }
 
+    /// Where request `id` ran (not as a duplicate), on any replica so far.
+    pub fn executed_at(&self, id: RequestId) -> Option<Slot> {
+        self.executed.get(&id).copied()
+    }
+
     /// The value agreed for `slot`, if any replica has reported it.
     pub fn chosen_entry(&self, slot: Slot) -> Option<&Entry> {
         self.chosen.get(&slot).map(|(entry, _)| entry)
@@ -157,6 +167,38 @@ impl Checker {
     /// the last acknowledged write to it returned `value`, from `node`'s
     /// state at `round`.
     pub fn read_returned(
+        &mut self,
+        node: NodeId,
+        key: &str,
+        floor: Option<Slot>,
+        value: &Option<Value>,
+        round: Slot,
+    ) {
+        if round > self.applied_floor {
+            // Served by a replica whose turn then failed (a crash after its
+            // applies): the history of those rounds is known once another
+            // replica applies them.
+            self.deferred_reads
+                .push((node, key.to_string(), floor, value.clone(), round));
+            return;
+        }
+        self.check_read(node, key, floor, value, round);
+    }
+
+    /// Checks the deferred reads whose rounds are now applied somewhere
+    /// (all of them at the end).
+    pub fn recheck_deferred_reads(&mut self, all: bool) {
+        let floor = self.applied_floor;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_reads)
+            .into_iter()
+            .partition(|read| all || read.4 <= floor);
+        self.deferred_reads = waiting;
+        for (node, key, floor, value, round) in ready {
+            self.check_read(node, &key, floor, &value, round);
+        }
+    }
+
+    fn check_read(
         &mut self,
         node: NodeId,
         key: &str,
@@ -302,6 +344,7 @@ impl Checker {
     /// Durability over the final log: every request acknowledged as executed
     /// ran at the slot it was acknowledged at.
     pub fn final_checks(&mut self) {
+        self.recheck_deferred_reads(true);
         let mut problems = Vec::new();
         for (id, slot) in &self.acked {
             let holds = self.chosen.get(slot).map(|(e, _)| e);

@@ -25,8 +25,8 @@ use paxlog_core::{
 };
 use paxlog_kv::{ApplyOutput, ErrorKind, KvCommand, KvOptions, KvStore};
 use paxlog_server::driver::{
-    Consistency, Driver, DriverError, DriverInput, DriverIo, KeyValue, Query, ReadRequest,
-    WriteRequest,
+    Consistency, Driver, DriverBugs, DriverError, DriverInput, DriverIo, KeyValue, Query,
+    ReadRequest, WriteRequest,
 };
 use paxlog_server::metrics::Metrics;
 use paxlog_server::wire::Wire;
@@ -70,6 +70,22 @@ pub struct Faults {
     pub stall_per_100k: u64,
     /// Chance per sync (per 10k) that fsync fails: the replica stops.
     pub fsync_error_per_10k: u64,
+    /// Per-mille of the puts a client turns into `del KEY` (state
+    /// dependent: a retry of one that already ran is refused by the dry
+    /// run unless the driver finds it in the session table first).
+    pub delete_per_mille: u64,
+    /// Per replica (by index), a snapshot interval of its own that replaces
+    /// `snapshot_every_slots` when set: replicas compact at different
+    /// rounds, so a lagging one can learn the same rounds from a peer's log
+    /// and from another's snapshot at once.
+    pub snapshot_every_slots_by_node: Option<Vec<u64>>,
+    /// Per-mille of write answers lost on the way to the client (a dropped
+    /// connection): it retries at once, at a replica of its choice.
+    pub lost_reply_per_mille: u64,
+    /// Per replica (by index), when set: its driver runs a turn only every
+    /// this many ticks (a slow disk or a busy machine: each group commit
+    /// takes longer, so more inputs queue and share one turn).
+    pub turn_every_ticks_by_node: Option<Vec<u64>>,
 }
 
 impl Faults {
@@ -88,6 +104,10 @@ impl Faults {
             disk_loss_per_mille: 0,
             stall_per_100k: 0,
             fsync_error_per_10k: 0,
+            delete_per_mille: 0,
+            snapshot_every_slots_by_node: None,
+            lost_reply_per_mille: 0,
+            turn_every_ticks_by_node: None,
         }
     }
 
@@ -111,6 +131,10 @@ impl Faults {
             disk_loss_per_mille: 0,
             stall_per_100k: 0,
             fsync_error_per_10k: 0,
+            delete_per_mille: 0,
+            snapshot_every_slots_by_node: None,
+            lost_reply_per_mille: 0,
+            turn_every_ticks_by_node: None,
         }
     }
 }
@@ -144,6 +168,8 @@ pub struct SimOptions {
     /// the driver's clock up to date (`begin_turn` skipped), so a lease
     /// that ran out during the stall still looks valid.
     pub skip_catch_up_after_stall: bool,
+    /// Driver-level planted bugs (`Driver::set_test_bugs`).
+    pub driver_bugs: DriverBugs,
 }
 
 impl SimOptions {
@@ -161,6 +187,26 @@ impl SimOptions {
         let mut runtime_rng = SplitMix64::new(seed ^ 0x57A1_10F5);
         faults.stall_per_100k = [0, 0, 100, 400][runtime_rng.range(0, 4) as usize];
         faults.fsync_error_per_10k = [0, 0, 5, 20][runtime_rng.range(0, 4) as usize];
+        // Deletes: a stream of their own (added later; no other draw moved).
+        let mut delete_rng = SplitMix64::new(seed ^ 0xDE1E_7E5E);
+        faults.delete_per_mille = [0, 0, 100, 300][delete_rng.range(0, 4) as usize];
+        faults.lost_reply_per_mille = [0, 0, 20, 100][delete_rng.range(0, 4) as usize];
+        let mut turn_rng = SplitMix64::new(seed ^ 0x7E42_0B47);
+        if turn_rng.chance(1, 4) {
+            faults.turn_every_ticks_by_node = Some(
+                (0..MAX_NODES)
+                    .map(|_| [1, 1, 2, 3, 5][turn_rng.range(0, 5) as usize])
+                    .collect(),
+            );
+        }
+        let mut snapshot_rng = SplitMix64::new(seed ^ 0x5AA9_5407);
+        if snapshot_rng.chance(1, 3) {
+            faults.snapshot_every_slots_by_node = Some(
+                (0..MAX_NODES)
+                    .map(|_| [5, 10, 25, 100, 1_000_000][snapshot_rng.range(0, 5) as usize])
+                    .collect(),
+            );
+        }
         SimOptions {
             seed,
             nodes,
@@ -175,6 +221,7 @@ impl SimOptions {
             lose_log_on_restart: false,
             ignore_request_stamps: false,
             skip_catch_up_after_stall: false,
+            driver_bugs: DriverBugs::default(),
         }
     }
 }
@@ -261,6 +308,10 @@ enum ClientState {
         node: NodeId,
         deadline_tick: u64,
         reply: WriteReply,
+        /// Where the request had run (anywhere) when this attempt was
+        /// sent: the replica's barrier covers that slot, so it must answer
+        /// from the session table, not refuse it.
+        ran_before: Option<Slot>,
     },
     /// A linearizable read of `key`: it must see the last write to it
     /// acknowledged before it began (`floor`).
@@ -320,6 +371,8 @@ impl Answer {
 pub struct Simulation {
     options: SimOptions,
     rng: SplitMix64,
+    /// Workload draws added later (deletes), on a stream of their own.
+    workload_rng: SplitMix64,
     now_tick: u64,
     nodes: Vec<SimNode>,
     network: Network,
@@ -354,6 +407,9 @@ const FIRST_CLIENT_ID: u64 = 1000;
 /// Peer messages queued at a stalled replica at most (the transport's
 /// queue: beyond it, messages are dropped).
 const MAX_QUEUED_PEER_MESSAGES: usize = 4096;
+
+/// The largest cluster a seed draws.
+pub const MAX_NODES: u32 = 5;
 
 /// Largest snapshot a replica accepts.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 20;
@@ -399,6 +455,7 @@ impl Simulation {
             network: Network::new(options.nodes),
             checker: Checker::new(options.nodes),
             rng,
+            workload_rng: SplitMix64::new(options.seed ^ 0x0DE1_E7ED),
             now_tick: 0,
             nodes,
             faults: FaultCounts::default(),
@@ -435,6 +492,7 @@ impl Simulation {
                 self.run_turn(i);
             }
             self.poll_clients();
+            self.checker.recheck_deferred_reads(false);
             self.check_promises();
             if !faulty && self.converged() {
                 converged = true;
@@ -600,7 +658,10 @@ impl Simulation {
         cfg.tick_ms = TICK_MS;
         cfg.heartbeat_ticks = core.heartbeat_interval_ticks;
         cfg.election_ticks = core.election_timeout_ticks;
-        cfg.snapshot_every_rounds = self.options.faults.snapshot_every_slots;
+        cfg.snapshot_every_rounds = match &self.options.faults.snapshot_every_slots_by_node {
+            Some(by_node) => by_node[index % by_node.len()],
+            None => self.options.faults.snapshot_every_slots,
+        };
         cfg.max_snapshot_bytes = MAX_SNAPSHOT_BYTES;
         cfg.request_timeout_ms = CLIENT_TIMEOUT_TICKS * TICK_MS;
         cfg
@@ -666,14 +727,16 @@ impl Simulation {
                 clock: Box::new(SimClock(node.io.clone())),
                 seed: read_seed,
             };
-            node.driver = Some(Driver::new(
+            let mut driver = Driver::new(
                 cfg,
                 replica,
                 kv,
                 io,
                 snapshot_round.0,
                 Arc::new(Metrics::new(i as u32)),
-            ));
+            );
+            driver.set_test_bugs(self.options.driver_bugs);
+            node.driver = Some(driver);
             if node.incarnation > 1 {
                 self.faults.stale_deliveries +=
                     self.network
@@ -696,6 +759,13 @@ impl Simulation {
         if node.stalled_until > self.now_tick {
             node.resumed = true;
             return;
+        }
+        if let Some(every) = &self.options.faults.turn_every_ticks_by_node {
+            // A slow machine: its inputs queue between turns.
+            let every = every[index % every.len()].max(1);
+            if !(self.now_tick + index as u64).is_multiple_of(every) {
+                return;
+            }
         }
         // The planted bug: the first turn after a stall skips the clock
         // catch-up, so what queued meanwhile is judged at the old time.
@@ -993,7 +1063,17 @@ impl Simulation {
                     self.start_read(c);
                     continue;
                 }
-                let command = workload::draw_command(&mut self.rng);
+                let mut command = workload::draw_command(&mut self.rng);
+                let deletes = self.options.faults.delete_per_mille;
+                if deletes > 0 {
+                    if let KvCommand::Put { key, .. } = &command {
+                        if self.workload_rng.chance(deletes, 1000) {
+                            command = KvCommand::Exec {
+                                source: format!("del {key}"),
+                            };
+                        }
+                    }
+                }
                 let client = &mut self.clients[c];
                 client.seq += 1;
                 client.current = Some(ClientRequest {
@@ -1067,6 +1147,7 @@ impl Simulation {
             self.checker.issued(request.id, &request.command);
         }
         let (tx, rx) = oneshot::channel();
+        let ran_before = self.checker.executed_at(request.id);
         self.nodes[target]
             .client_inbox
             .push_back(DriverInput::Write(WriteRequest {
@@ -1079,6 +1160,7 @@ impl Simulation {
             node: NodeId(target as u32),
             deadline_tick: self.now_tick + CLIENT_TIMEOUT_TICKS + 10,
             reply: rx,
+            ran_before,
         };
     }
 
@@ -1092,12 +1174,46 @@ impl Simulation {
                     node,
                     deadline_tick,
                     reply,
+                    ran_before,
                 } => {
-                    let node = *node;
+                    let (node, ran_before) = (*node, *ran_before);
                     match reply.try_recv() {
+                        Ok(Ok(_))
+                            if self.options.faults.lost_reply_per_mille > 0
+                                && self
+                                    .workload_rng
+                                    .chance(self.options.faults.lost_reply_per_mille, 1000) =>
+                        {
+                            // The answer is lost with the connection: the
+                            // client retries at once (same id).
+                            self.clients[c].state = ClientState::Idle { next_tick: now + 1 };
+                        }
                         Ok(Ok(output)) => self.answer_client(c, node, &output),
-                        Ok(Err(DriverError::Rejected { .. })) => {
+                        Ok(Err(DriverError::Rejected { kind, message })) => {
                             // Refused against the state: nothing written.
+                            // True only if no earlier attempt had run when
+                            // this one was sent (one that runs later is
+                            // ordered after the refusal), or if its session
+                            // is gone from the refusing replica's state (an
+                            // expired session cannot tell: the residual).
+                            let request = self.clients[c].current.as_ref();
+                            let remembered = request.is_some_and(|r| {
+                                self.nodes[node.0 as usize]
+                                    .shadow
+                                    .last_seq(r.id.client_id)
+                                    .is_some_and(|seq| seq >= r.id.seq)
+                            });
+                            if let (Some(slot), Some(request), true) =
+                                (ran_before, request, remembered)
+                            {
+                                self.checker.violation(format!(
+                                    "rejected but executed: {node} refused request {} \
+                                     ({kind:?}: {message}, nothing written), which had run at \
+                                     slot {slot} before this attempt was sent (its session \
+                                     holds it)",
+                                    request.id
+                                ));
+                            }
                             self.clients[c].current = None;
                             self.clients[c].state = ClientState::Idle { next_tick: now + 1 };
                         }
@@ -1365,6 +1481,14 @@ pub enum Bug {
     /// The first turn after a stall skips the driver's clock catch-up: a
     /// deposed leader's lease still looks valid (linearizable reads).
     StaleLeaseRead,
+    /// The driver skips its second duplicate check after a write's read
+    /// barrier: a retried `del` whose first attempt ran meanwhile is
+    /// refused as if nothing were written (rejected but executed).
+    RetryAfterBarrier,
+    /// The driver swaps in a received snapshot before asking the core, and
+    /// ignores its refusal: applies handed out below the snapshot land on
+    /// it (applied prefix).
+    SnapshotInstallRace,
 }
 
 impl SimOptions {
@@ -1402,6 +1526,13 @@ impl SimOptions {
                 self.skip_catch_up_after_stall = true;
                 self.faults.stall_per_100k = self.faults.stall_per_100k.max(400);
                 self.faults.read_per_mille = self.faults.read_per_mille.max(300);
+            }
+            Some(Bug::RetryAfterBarrier) => {
+                self.driver_bugs.skip_duplicate_check_after_barrier = true;
+                self.faults.delete_per_mille = self.faults.delete_per_mille.max(300);
+            }
+            Some(Bug::SnapshotInstallRace) => {
+                self.driver_bugs.install_snapshot_unchecked = true;
             }
         }
         self.bugs.record_violations = bug.is_some();

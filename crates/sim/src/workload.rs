@@ -1,6 +1,6 @@
 //! What simulated clients ask for: real `KvCommand`s on a handful of keys,
 //! among them counters (`ctrN += 1`) whose final values expose any command
-//! that ran twice.
+//! that ran twice, and (in some seeds) deletes of keys.
 
 use paxlog_core::rng::SplitMix64;
 use paxlog_core::Entry;
@@ -59,6 +59,9 @@ pub fn key_of(command: &KvCommand) -> Option<&str> {
     match command {
         KvCommand::Put { key, .. } | KvCommand::Cas { key, .. } => Some(key),
         KvCommand::Exec { source } => {
+            if let Some(name) = source.strip_prefix("del ") {
+                return KEYS.iter().copied().find(|k| *k == name);
+            }
             let name = source.strip_suffix(" += 1")?;
             COUNTERS.iter().copied().find(|c| *c == name)
         }

@@ -114,11 +114,12 @@ fn leader_ballot_checker_catches_accepts_sent_before_the_promise_is_durable() {
 /// The consequence, not just the early send: a replica that died right
 /// after winning (its accepts to one peer out, its promise not synced)
 /// campaigns again with the same ballot, wins with another quorum and sends
-/// a second value for a slot at it. Seeds 27, 150, 250, 356, ... find it;
-/// the first 50 seeds have it.
+/// a second value for a slot at it. Seeds 103, 250, 299, 380 find it (the
+/// first in 0..400 is 103; re-found after deletes, lost replies, slow
+/// turns and per-replica snapshot intervals joined the swarm).
 #[test]
 fn one_value_per_ballot_checker_catches_a_reused_ballot() {
-    let (_, found) = violations_over(0..50, Some(Bug::BallotReuse));
+    let (_, found) = violations_over(103..104, Some(Bug::BallotReuse));
     assert!(
         found
             .iter()
@@ -185,6 +186,45 @@ fn read_checker_catches_a_stale_lease_after_a_stall() {
     let mut options = SimOptions::from_seed(85).with_bug(Some(Bug::StaleLeaseRead));
     options.skip_catch_up_after_stall = false;
     let report = Simulation::new(options).run();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+/// A retried `del` whose first attempt ran (and was applied at the replica
+/// the retry reached while it waited for its read barrier) is refused by
+/// the dry run as "nothing written" when the driver skips its second
+/// duplicate check. The rejected-but-executed checker catches it at seed 17
+/// (the first in 0..200; also 21, 30, 33, ...), which runs clean with the
+/// check in place.
+#[test]
+fn rejected_but_executed_checker_catches_a_retry_refused_after_its_barrier() {
+    let (_, found) = violations_over(17..18, Some(Bug::RetryAfterBarrier));
+    assert!(
+        found.iter().any(|v| v.contains("rejected but executed")),
+        "found: {found:#?}"
+    );
+    let mut options = SimOptions::from_seed(17).with_bug(Some(Bug::RetryAfterBarrier));
+    options.driver_bugs = Default::default();
+    let report = Simulation::new(options).run();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+/// A received snapshot swapped in before the core is asked (its refusal
+/// ignored): in a turn where the core had already handed out the rounds
+/// the snapshot covers (a catch-up reply processed just before the last
+/// chunk, on a replica whose turns batch its inputs), they are applied on
+/// top of it and the store's slot assertion fires, reported as an applied
+/// prefix violation. Seed 280 (the first in 0..3000) catches it, and runs
+/// clean with the core asked first.
+#[test]
+fn applied_prefix_checker_catches_a_snapshot_installed_without_the_core() {
+    let (_, found) = violations_over(280..281, Some(Bug::SnapshotInstallRace));
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("applied prefix") && v.contains("panicked")),
+        "found: {found:#?}"
+    );
+    let report = Simulation::new(SimOptions::from_seed(280)).run();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 

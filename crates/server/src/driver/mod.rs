@@ -129,6 +129,23 @@ pub struct Driver {
     /// Peers refused for reporting another value for a chosen round (at
     /// most one each).
     peer_conflicts: Vec<PeerConflictInfo>,
+    /// Planted bugs (simulator tests only; all off otherwise).
+    bugs: DriverBugs,
+}
+
+/// Deliberately broken variants of two driver fixes, for the simulator's
+/// checker tests (`paxlog-sim --bug ...`). All off by default; a server
+/// never sets them.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverBugs {
+    /// `check_and_propose` skips its second duplicate check (after a
+    /// state-dependent write's read barrier): a retry whose earlier attempt
+    /// was applied while it waited is refused although it executed.
+    pub skip_duplicate_check_after_barrier: bool,
+    /// A received snapshot replaces the store before the core is asked,
+    /// and the core's answer is ignored (the old install order).
+    pub install_snapshot_unchecked: bool,
 }
 
 /// The driver's outside world (see `io`).
@@ -191,7 +208,14 @@ impl Driver {
             catch_up: None,
             test_hooks,
             peer_conflicts: Vec::new(),
+            bugs: DriverBugs::default(),
         }
+    }
+
+    /// Switches planted bugs on (simulator tests only).
+    #[doc(hidden)]
+    pub fn set_test_bugs(&mut self, bugs: DriverBugs) {
+        self.bugs = bugs;
     }
 
     /// Runs until `Shutdown` or every sender is gone. An error here is fatal

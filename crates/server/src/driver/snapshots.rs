@@ -220,6 +220,12 @@ impl Driver {
         // The core first: it refuses a snapshot that is not ahead of what it
         // has handed out, and drops the applies the snapshot covers, so the
         // store is swapped only when the two agree.
+        if self.bugs.install_snapshot_unchecked {
+            // Planted bug: the store first, the core's answer ignored.
+            self.kv = restored;
+            let _ = self.replica.install_snapshot(slot);
+            return self.snapshot_installed(from, slot, previous_round, image_len);
+        }
         if !self.replica.install_snapshot(slot) {
             tracing::info!(
                 node = self.cfg.id,
@@ -229,6 +235,17 @@ impl Driver {
             return Ok(());
         }
         self.kv = restored;
+        self.snapshot_installed(from, slot, previous_round, image_len)
+    }
+
+    /// The bookkeeping after a received snapshot replaced the store.
+    fn snapshot_installed(
+        &mut self,
+        from: u32,
+        slot: Slot,
+        previous_round: u64,
+        image_len: usize,
+    ) -> Result<(), String> {
         // Restored: now the older snapshots may go (keeping one fallback).
         if let Err(e) = self.snapshots.retire_older(slot) {
             tracing::warn!(node = self.cfg.id, error = %e, "cannot retire older snapshots");
