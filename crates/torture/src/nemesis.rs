@@ -473,7 +473,44 @@ impl<'a> Nemesis<'a> {
         }
     }
 
+    /// Replicas that say they are recovering forgotten state (`/status`).
+    async fn recovering_replicas(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for i in 0..self.cluster.n {
+            if !self.cluster.is_running(i) {
+                continue;
+            }
+            if let Some(s) = crate::cluster::status(self.cluster.http[i]).await {
+                if !s["recovering"].is_null() {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits (bounded) until no running replica is recovering.
+    async fn wait_recovered(&self, limit: Duration) -> Vec<usize> {
+        let started = Instant::now();
+        loop {
+            let recovering = self.recovering_replicas().await;
+            if recovering.is_empty() || started.elapsed() >= limit {
+                return recovering;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     async fn disk(&mut self, rec: &mut FaultRec) -> Result<()> {
+        // One damaged disk at a time, as in the fault model: a replica that
+        // lost state recovers from a majority of the others, so damaging a
+        // second one before the first has recovered exceeds what any
+        // replication can survive (and would only measure that).
+        let still = self.wait_recovered(Duration::from_secs(30)).await;
+        if !still.is_empty() {
+            rec.detail = format!("skipped: replicas {still:?} are still recovering");
+            return Ok(());
+        }
         let v = self.rng.below(self.cluster.n as u64) as usize;
         rec.nodes = vec![v];
         self.kill_replica(v).await;
@@ -535,6 +572,14 @@ impl<'a> Nemesis<'a> {
                 let _ = std::fs::remove_dir_all(&dir);
                 let _ = self.restart(v, &[]).await;
             }
+        }
+        // The damaged replica recovers before the next fault; one that
+        // cannot within a minute is a finding.
+        let still = self.wait_recovered(Duration::from_secs(60)).await;
+        if !still.is_empty() {
+            self.failures.push(format!(
+                "replicas {still:?} still recovering 60 s after a disk fault on replica {v}"
+            ));
         }
         Ok(())
     }
