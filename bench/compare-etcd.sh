@@ -93,7 +93,7 @@ pids=()
 echo "== paxlog: 3 replicas on loopback"
 peers="127.0.0.1:26000,127.0.0.1:26001,127.0.0.1:26002"
 for i in 0 1 2; do
-  RUST_LOG=warn "$paxlog" node --id "$i" --peers "$peers" --http "127.0.0.1:$((25000 + i))" \
+  RUST_LOG=warn "$paxlog" node --initial-cluster-state new --id "$i" --peers "$peers" --http "127.0.0.1:$((25000 + i))" \
     --data-dir "$work/paxlog$i" >"$work/paxlog$i.log" 2>&1 &
   pids+=($!)
 done
