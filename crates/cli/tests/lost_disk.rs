@@ -11,16 +11,6 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(90);
 
-fn put(port: u16, key: &str, value: &Value) -> Result<Response, String> {
-    request(
-        port,
-        "PUT",
-        &format!("/v1/kv/{key}"),
-        &[],
-        Some(value.to_string().as_bytes()),
-    )
-}
-
 /// A GET whose body is not JSON (`/metrics`): the whole response as text.
 fn raw_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};

@@ -23,16 +23,6 @@ use std::time::{Duration, Instant};
 
 const STALL_FILE: &str = "stall-next-fsync";
 
-fn put(port: u16, key: &str, value: &Value) -> Result<Response, String> {
-    request(
-        port,
-        "PUT",
-        &format!("/v1/kv/{key}"),
-        &[],
-        Some(value.to_string().as_bytes()),
-    )
-}
-
 /// The value of `key` in a linearizable read's answer, or the error.
 fn read_value(port: u16, key: &str) -> Result<Value, String> {
     match get(port, &format!("/v1/kv/{key}")) {

@@ -222,6 +222,17 @@ pub fn post_json(port: u16, path: &str, body: &Value) -> Result<Response, String
     request(port, "POST", path, &[], Some(body.to_string().as_bytes()))
 }
 
+/// `PUT /v1/kv/KEY` with a JSON value.
+pub fn put(port: u16, key: &str, value: &Value) -> Result<Response, String> {
+    request(
+        port,
+        "PUT",
+        &format!("/v1/kv/{key}"),
+        &[],
+        Some(value.to_string().as_bytes()),
+    )
+}
+
 pub fn id_headers(client_id: u64, seq: u64) -> Vec<(&'static str, String)> {
     vec![
         ("x-paxlog-client-id", client_id.to_string()),
