@@ -45,6 +45,10 @@ impl Partition {
     pub fn draw(rng: &mut SplitMix64, nodes: u32, leader: Option<NodeId>) -> Partition {
         let n = nodes as usize;
         let mut cut = Vec::new();
+        if n < 2 {
+            // Nothing to cut off a single replica from.
+            return Partition { cut };
+        }
         let cut_both = |a: usize, b: usize, cut: &mut Vec<(usize, usize)>| {
             cut.push((a, b));
             cut.push((b, a));
