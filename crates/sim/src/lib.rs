@@ -211,9 +211,9 @@ impl SimOptions {
         // first runs with them found violations still to be understood
         // (see crates/sim/regression-seeds.txt).
         let nodes_drawn = nodes;
-        let mut size_rng = SplitMix64::new(seed ^ 0x51_2E_C0DE);
+        let mut size_rng = SplitMix64::new(seed ^ 0x512E_C0DE);
         let nodes = if size_rng.chance(1, 4) { 4 } else { nodes };
-        let mut timing_rng = SplitMix64::new(seed ^ 0x71_3E_0A11);
+        let mut timing_rng = SplitMix64::new(seed ^ 0x713E_0A11);
         let production_timing = timing_rng.chance(1, 5);
         let mut snapshot_rng = SplitMix64::new(seed ^ 0x5AA9_5407);
         if snapshot_rng.chance(1, 3) {
