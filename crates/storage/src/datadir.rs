@@ -51,6 +51,26 @@ pub enum OnEmpty {
     Join,
 }
 
+/// How far the WAL in `dir` may lack records, replaying from `log_start`:
+/// the recorded compaction floor, or, for a folder compacted before that was
+/// recorded, the newest snapshot file (compaction then followed the newest
+/// snapshot), unless the log still starts at its first segment. Recovery
+/// and `inspect` both use this, so they judge a folder alike.
+pub(crate) fn compaction_floor(
+    dir: &Path,
+    log_start: Slot,
+    newest_snapshot_file: Option<Slot>,
+    wal_complete: bool,
+) -> Result<Slot> {
+    Ok(match crate::wal::read_wal_floor(dir)? {
+        Some(recorded) => recorded.max(log_start),
+        None => match newest_snapshot_file {
+            Some(newest) if !wal_complete && newest > log_start => newest,
+            _ => log_start,
+        },
+    })
+}
+
 /// Marks `dir` as holding state that may lack promises and accepts the
 /// replica made (durably, before anything else happens).
 pub fn mark_recovering(dir: &Path, reason: &str) -> Result<()> {
@@ -341,16 +361,7 @@ impl DataDir {
                 ),
             });
         }
-        // How far the log may lack records: the recorded compaction floor,
-        // or, for a folder compacted before that was recorded, the newest
-        // snapshot file (compaction then followed the newest snapshot).
-        let floor = match crate::wal::read_wal_floor(&self.path)? {
-            Some(recorded) => recorded.max(log_start),
-            None => match newest_file {
-                Some(newest) if !wal_complete && newest > log_start => newest,
-                _ => log_start,
-            },
-        };
+        let floor = compaction_floor(&self.path, log_start, newest_file, wal_complete)?;
         let (wal, recovered) = Wal::open_with_floor(&self.path, log_start, floor, opts)?;
         Ok(Recovery {
             wal,

@@ -133,12 +133,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
     let wal_complete = segs.first().is_some_and(|(seq, _)| *seq == 1);
     let usable = snapshots.iter().rev().find(|s| s.checksum_ok);
     let log_start = usable.map_or(Slot::ZERO, |s| s.log_start);
-    let newest_file = snapshots.last().map_or(Slot::ZERO, |s| s.log_start);
-    let floor = if wal_complete {
-        log_start
-    } else {
-        newest_file.max(log_start)
-    };
+    let newest_file = snapshots.last().map(|s| s.log_start);
+    let floor = crate::datadir::compaction_floor(&dir, log_start, newest_file, wal_complete)?;
 
     let mut first_corruption: Option<Problem> = None;
     let mut torn_tail = None;
