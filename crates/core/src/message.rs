@@ -117,7 +117,6 @@ pub enum Message {
     RecoveryReply {
         nonce: u64,
         promised: Ballot,
-        log_start: Slot,
         chosen_upto: Slot,
         accepted: Vec<AcceptedValue>,
         complete: bool,

@@ -786,7 +786,6 @@ impl Replica {
             Message::RecoveryReply {
                 nonce,
                 promised,
-                log_start: _,
                 chosen_upto,
                 accepted,
                 complete,
@@ -1397,7 +1396,6 @@ impl Replica {
             Message::RecoveryReply {
                 nonce,
                 promised: self.promised,
-                log_start: self.log_start,
                 chosen_upto: self.chosen_upto,
                 accepted,
                 complete,
@@ -1475,7 +1473,7 @@ impl Replica {
         let Some(r) = self.recovery.as_ref() else {
             return;
         };
-        if self.cluster_size_is_one() {
+        if self.cfg.cluster_size == 1 {
             // Nobody to ask: a single replica that lost its state lost the
             // cluster's. It stays out (the operator must decide).
             return;
@@ -1532,10 +1530,6 @@ impl Replica {
         self.out.events.push(Event::Recovered {
             promised: self.promised,
         });
-    }
-
-    fn cluster_size_is_one(&self) -> bool {
-        self.cfg.cluster_size == 1
     }
 
     // ----- election --------------------------------------------------------
