@@ -122,7 +122,16 @@ fn build(ops: &[&OpRec]) -> Option<History<ROp>> {
 }
 
 /// Checks every key; gives up (verdict None) on keys not done by `budget`.
-pub fn check_all(ops: &[OpRec], budget: Duration) -> Vec<KeyVerdict> {
+/// Keys are checked cheapest first (fewest indeterminate operations, then
+/// fewest operations): an indeterminate operation stays open to the end of
+/// the history and can make one key's search exponential, and it must not
+/// eat the budget of the others. With `stop_at_first_violation` the search
+/// ends at the first non-linearizable key (the caller only needs one).
+pub fn check_all(
+    ops: &[OpRec],
+    budget: Duration,
+    stop_at_first_violation: bool,
+) -> Vec<KeyVerdict> {
     let mut by_key: BTreeMap<String, Vec<OpRec>> = BTreeMap::new();
     for op in ops {
         by_key.entry(op.key.clone()).or_default().push(op.clone());
@@ -137,9 +146,12 @@ pub fn check_all(ops: &[OpRec], budget: Duration) -> Vec<KeyVerdict> {
             linearizable: None,
         })
         .collect();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|&i| (verdicts[i].indeterminate, verdicts[i].ops));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for (i, (_, v)) in keys.iter().enumerate() {
+        for i in order {
+            let v = &keys[i].1;
             let refs: Vec<&OpRec> = v.iter().collect();
             let ok = match build(&refs) {
                 None => true,
@@ -154,7 +166,12 @@ pub fn check_all(ops: &[OpRec], budget: Duration) -> Vec<KeyVerdict> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok((i, ok)) => verdicts[i].linearizable = Some(ok),
+            Ok((i, ok)) => {
+                verdicts[i].linearizable = Some(ok);
+                if !ok && stop_at_first_violation {
+                    break;
+                }
+            }
             Err(_) => break,
         }
     }
@@ -190,7 +207,7 @@ mod tests {
             op(Kind::Write, 2.0, 3.0, Some(2), None),
             op(Kind::Read, 4.0, 5.0, None, Some(1)),
         ];
-        let v = check_all(&ops, Duration::from_secs(5));
+        let v = check_all(&ops, Duration::from_secs(5), false);
         assert_eq!(v[0].linearizable, Some(false));
     }
 
@@ -203,7 +220,7 @@ mod tests {
             op(Kind::Read, 2.0, 3.0, None, None),
             op(Kind::Read, 4.0, 5.0, None, Some(7)),
         ];
-        let v = check_all(&ops, Duration::from_secs(5));
+        let v = check_all(&ops, Duration::from_secs(5), false);
         assert_eq!(v[0].linearizable, Some(true));
     }
 }

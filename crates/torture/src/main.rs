@@ -358,7 +358,7 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     say("checking linearizability");
     let check_start = Instant::now();
-    let verdicts = checker::check_all(&check_ops, Duration::from_secs(180));
+    let verdicts = checker::check_all(&check_ops, Duration::from_secs(180), anomaly);
     let check_secs = check_start.elapsed().as_secs_f64();
 
     let rep = report::build(report::Inputs {
