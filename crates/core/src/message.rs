@@ -40,6 +40,12 @@ pub enum Message {
         log_start: Slot,
         chosen_upto: Slot,
         accepted: Vec<AcceptedValue>,
+        /// False when `accepted` stopped at the message budget: the
+        /// candidate asks again (a Prepare at the same ballot) from the slot
+        /// after the last one reported, and counts this acceptor's promise
+        /// only with the last page. One unbounded promise could exceed the
+        /// transport's frame limit and be dropped on every try.
+        complete: bool,
     },
     /// Phase 2a for the consecutive slots `first_slot..first_slot+entries.len()`,
     /// with the leader's commit index: every slot below `commit_upto` is chosen.

@@ -190,6 +190,9 @@ struct PromiseInfo {
 struct Candidate {
     ballot: Ballot,
     granted: BTreeMap<NodeId, PromiseInfo>,
+    /// Promises still coming in pages, with the slot the next one starts
+    /// at (see `Message::Promise::complete`).
+    pages: BTreeMap<NodeId, (PromiseInfo, Slot)>,
     refused: BTreeSet<NodeId>,
     last_prepare_tick: u64,
 }
@@ -249,6 +252,12 @@ struct Recovery {
     nonce: u64,
     /// Complete replies from the others, for `nonce`.
     replies: BTreeMap<NodeId, RecoveryReport>,
+    /// Replies still coming in pages (a peer's accepted values beyond its
+    /// chosen prefix can exceed one message), and the slot the next page
+    /// starts at. Without pages, a recovering replica whose vote is needed
+    /// to choose anything (a 2-replica cluster) would ask from the same
+    /// slot forever.
+    pages: BTreeMap<NodeId, (RecoveryReport, Slot)>,
     last_query_tick: Option<u64>,
 }
 
@@ -398,6 +407,7 @@ impl Replica {
                 quiet_until_tick: quiet,
                 nonce,
                 replies: BTreeMap::new(),
+                pages: BTreeMap::new(),
                 last_query_tick: None,
             });
         }
@@ -650,12 +660,20 @@ impl Replica {
                             *p != me && !c.granted.contains_key(p) && !c.refused.contains(p)
                         })
                         .collect();
+                    // A promise coming in pages is asked on from its next page.
+                    let next_page: BTreeMap<NodeId, Slot> =
+                        c.pages.iter().map(|(p, (_, next))| (*p, *next)).collect();
                     for peer in silent {
+                        let from_slot = next_page
+                            .get(&peer)
+                            .copied()
+                            .unwrap_or(Slot::ZERO)
+                            .max(self.chosen_upto);
                         self.send(
                             peer,
                             Message::Prepare {
                                 ballot,
-                                from_slot: self.chosen_upto,
+                                from_slot,
                                 chosen_upto: self.chosen_upto,
                             },
                         );
@@ -689,9 +707,10 @@ impl Replica {
                 log_start,
                 chosen_upto,
                 accepted,
+                complete,
             } => {
                 self.note_peer_progress(from, chosen_upto);
-                self.on_promise(from, ballot, log_start, accepted);
+                self.on_promise(from, ballot, log_start, accepted, complete);
             }
             Message::Accept {
                 ballot,
@@ -852,18 +871,30 @@ impl Replica {
             self.raise_promise(ballot);
             // A candidate we promised to: stand down and give it time.
             self.become_follower(None);
+        } else if matches!(self.role, RoleState::Follower) {
+            // The candidate we promised asks for the next page of our
+            // promise: its Phase 1 is progressing, so do not depose it.
+            self.reset_election_timer(0);
         }
         let start = from_slot.max(self.log_start);
-        let accepted = self
-            .log
-            .range(start..)
-            .map(|(slot, s)| AcceptedValue {
+        let mut accepted = Vec::new();
+        let mut bytes = 0;
+        let mut complete = true;
+        for (slot, s) in self.log.range(start..) {
+            if accepted.len() >= self.cfg.max_entries_per_message
+                || bytes >= self.cfg.max_bytes_per_message
+            {
+                complete = false;
+                break;
+            }
+            bytes += s.entry.size_bytes();
+            accepted.push(AcceptedValue {
                 slot: *slot,
                 ballot: s.ballot,
                 entry: s.entry.clone(),
                 chosen: s.chosen,
-            })
-            .collect();
+            });
+        }
         self.send(
             from,
             Message::Promise {
@@ -871,6 +902,7 @@ impl Replica {
                 log_start: self.log_start,
                 chosen_upto: self.chosen_upto,
                 accepted,
+                complete,
             },
         );
     }
@@ -1360,8 +1392,11 @@ impl Replica {
         r.last_query_tick = Some(now);
         let nonce = r.nonce;
         let replied: BTreeSet<NodeId> = r.replies.keys().copied().collect();
+        let next_page: BTreeMap<NodeId, Slot> =
+            r.pages.iter().map(|(p, (_, next))| (*p, *next)).collect();
         let silent: Vec<NodeId> = self.peer_ids().filter(|p| !replied.contains(p)).collect();
         for peer in silent {
+            let from_slot = next_page.get(&peer).copied().unwrap_or(from_slot);
             self.send(peer, Message::RecoveryQuery { nonce, from_slot });
         }
         self.maybe_finish_recovery();
@@ -1417,19 +1452,42 @@ impl Replica {
         let Some(r) = self.recovery.as_mut() else {
             return;
         };
-        if nonce != r.nonce || !complete {
-            // An incomplete list is asked for again (from further on, as
-            // this replica catches up).
+        if nonce != r.nonce || r.replies.contains_key(&from) {
             return;
         }
-        r.replies.insert(
-            from,
-            RecoveryReport {
-                promised,
-                chosen_upto,
-                accepted,
-            },
-        );
+        // Pages are taken in any order and merged (a late duplicate adds
+        // nothing new): per slot, the highest ballot wins at the end.
+        let last = accepted.last().map(|v| v.slot);
+        let (report, next) = r.pages.entry(from).or_insert_with(|| {
+            (
+                RecoveryReport {
+                    promised: Ballot::ZERO,
+                    chosen_upto: Slot::ZERO,
+                    accepted: Vec::new(),
+                },
+                Slot::ZERO,
+            )
+        });
+        report.promised = report.promised.max(promised);
+        report.chosen_upto = report.chosen_upto.max(chosen_upto);
+        report.accepted.extend(accepted);
+        if !complete {
+            // Only a page that moved on asks for the next one.
+            let moved = last.is_some_and(|last| Slot(last.0 + 1) > *next);
+            if !moved {
+                return;
+            }
+            if let Some(last) = last {
+                *next = Slot(last.0 + 1);
+            }
+            // The next page at once, not at the next retry.
+            let from_slot = (*next).max(self.chosen_upto);
+            self.send(from, Message::RecoveryQuery { nonce, from_slot });
+            return;
+        }
+        if let Some((report, _)) = r.pages.remove(&from) {
+            r.replies.insert(from, report);
+        }
         self.maybe_finish_recovery();
     }
 
@@ -1561,6 +1619,7 @@ impl Replica {
         self.role = RoleState::Candidate(Candidate {
             ballot,
             granted: BTreeMap::new(),
+            pages: BTreeMap::new(),
             refused: BTreeSet::new(),
             last_prepare_tick: self.now_tick,
         });
@@ -1587,20 +1646,56 @@ impl Replica {
         ballot: Ballot,
         log_start: Slot,
         accepted: Vec<AcceptedValue>,
+        complete: bool,
     ) {
+        let chosen_upto = self.chosen_upto;
         let RoleState::Candidate(c) = &mut self.role else {
             return;
         };
-        if c.ballot != ballot {
+        if c.ballot != ballot || c.granted.contains_key(&from) {
             return;
         }
-        c.granted.insert(
-            from,
-            PromiseInfo {
-                log_start,
-                accepted,
-            },
-        );
+        // Pages merge in any order (a repeated one adds nothing): per slot
+        // the leader takes the highest ballot reported anyway.
+        let last = accepted.last().map(|v| v.slot);
+        let (info, next) = c.pages.entry(from).or_insert_with(|| {
+            (
+                PromiseInfo {
+                    log_start,
+                    accepted: Vec::new(),
+                },
+                Slot::ZERO,
+            )
+        });
+        info.log_start = info.log_start.max(log_start);
+        info.accepted.extend(accepted);
+        if !complete {
+            // Only a page that moved on asks for the next one: a duplicated
+            // or late page must not multiply the requests.
+            let moved = last.is_some_and(|last| Slot(last.0 + 1) > *next);
+            if !moved {
+                return;
+            }
+            if let Some(last) = last {
+                *next = Slot(last.0 + 1);
+            }
+            let from_slot = (*next).max(chosen_upto);
+            self.send(
+                from,
+                Message::Prepare {
+                    ballot,
+                    from_slot,
+                    chosen_upto,
+                },
+            );
+            // Phase 1 is progressing: do not abandon it for a new ballot
+            // (which would start the pages over).
+            self.reset_election_timer(0);
+            return;
+        }
+        if let Some((info, _)) = c.pages.remove(&from) {
+            c.granted.insert(from, info);
+        }
         self.maybe_win_election();
     }
 

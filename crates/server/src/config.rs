@@ -80,6 +80,11 @@ pub struct NodeConfig {
     /// holds data.
     #[serde(default)]
     pub initial_cluster_state: Option<InitialClusterState>,
+    /// Bytes per snapshot chunk sent to a peer; must stay well under the
+    /// transport's frame limit. Not a setting: the simulator lowers it to
+    /// reach transfers that resume mid-snapshot.
+    #[serde(skip, default = "defaults::snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +128,9 @@ mod defaults {
     pub fn max_snapshot_bytes() -> u64 {
         paxlog_storage::DEFAULT_MAX_SNAPSHOT_BYTES
     }
+    pub fn snapshot_chunk_bytes() -> usize {
+        1 << 20
+    }
 }
 
 /// Smallest accepted `max_snapshot_bytes` (an empty store's image is a few
@@ -157,6 +165,7 @@ impl NodeConfig {
             ready_max_lag_rounds: defaults::ready_max_lag_rounds(),
             initial_cluster_state: None,
             max_snapshot_bytes: defaults::max_snapshot_bytes(),
+            snapshot_chunk_bytes: defaults::snapshot_chunk_bytes(),
         }
     }
 

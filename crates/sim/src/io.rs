@@ -72,6 +72,9 @@ pub struct NodeIo {
     pub received: Vec<Slot>,
     pub recoveries: u64,
     pub max_snapshot_bytes: u64,
+    /// A single-replica cluster: its own durable accept is the quorum, so
+    /// a chosen mark written in a batch whose sync failed chose nothing.
+    pub quorum_is_self: bool,
 }
 
 pub type SharedIo = Arc<Mutex<NodeIo>>;
@@ -109,6 +112,7 @@ impl NodeIo {
             received: Vec::new(),
             recoveries: 0,
             max_snapshot_bytes,
+            quorum_is_self: false,
         }
     }
 
@@ -235,6 +239,13 @@ impl NodeIo {
     }
 }
 
+fn chosen_slot(record: &PersistRecord) -> Option<Slot> {
+    match record {
+        PersistRecord::Chosen { slot, .. } => Some(*slot),
+        _ => None,
+    }
+}
+
 /// The log over the simulated disk.
 pub struct SimLog(pub SharedIo);
 
@@ -259,6 +270,12 @@ impl LogStorage for SimLog {
             };
             io.disk
                 .write_synced(&pending[..keep], &mut io.violations, me);
+            if io.quorum_is_self {
+                // In a larger cluster a chosen mark is a fact a quorum made
+                // durable elsewhere; here it was only a hope of this batch.
+                let lost: Vec<Slot> = pending[keep..].iter().filter_map(chosen_slot).collect();
+                io.chosen_out.retain(|(slot, _)| !lost.contains(slot));
+            }
             io.crash = Some(kind);
             return Err(sim_error("simulated fsync failure"));
         }

@@ -86,6 +86,22 @@ pub struct Faults {
     /// this many ticks (a slow disk or a busy machine: each group commit
     /// takes longer, so more inputs queue and share one turn).
     pub turn_every_ticks_by_node: Option<Vec<u64>>,
+    /// The transport's bounded send queue, per directed link: a message
+    /// sent while this many are in flight on its link is dropped (0: no
+    /// bound).
+    pub link_queue_cap: usize,
+    /// Chance per tick (per 100k) that one link's connection fails: every
+    /// message in flight on it is lost at once (a whole written batch) and
+    /// the link drops what is sent until it reconnects.
+    pub connection_reset_per_100k: u64,
+    /// The transport's frame limit: a message that encodes larger is
+    /// dropped at the sender, as `paxlog-transport` does (0: the
+    /// production limit, 32 MiB).
+    pub max_frame_bytes: usize,
+    /// Chance per tick (per 100k) that one replica's monotonic clock jumps
+    /// forward (a suspended VM, a migrated container): beyond any drift
+    /// bound, so seeds with jumps run without leader leases.
+    pub clock_jump_per_100k: u64,
 }
 
 impl Faults {
@@ -108,6 +124,10 @@ impl Faults {
             snapshot_every_slots_by_node: None,
             lost_reply_per_mille: 0,
             turn_every_ticks_by_node: None,
+            link_queue_cap: 0,
+            connection_reset_per_100k: 0,
+            max_frame_bytes: 0,
+            clock_jump_per_100k: 0,
         }
     }
 
@@ -135,6 +155,10 @@ impl Faults {
             snapshot_every_slots_by_node: None,
             lost_reply_per_mille: 0,
             turn_every_ticks_by_node: None,
+            link_queue_cap: 0,
+            connection_reset_per_100k: 0,
+            max_frame_bytes: 0,
+            clock_jump_per_100k: 0,
         }
     }
 }
@@ -206,15 +230,26 @@ impl SimOptions {
                     .collect(),
             );
         }
-        // Also 4 replicas, and production timing, each on a stream of its
-        // own (no other draw moved). Sizes 1 and 2 are not drawn yet: the
-        // first runs with them found violations still to be understood
-        // (see crates/sim/regression-seeds.txt).
+        // Also 4 replicas, 1 and 2 replicas, and production timing, each on
+        // a stream of its own (no other draw moved).
         let nodes_drawn = nodes;
         let mut size_rng = SplitMix64::new(seed ^ 0x512E_C0DE);
         let nodes = if size_rng.chance(1, 4) { 4 } else { nodes };
+        let mut small_rng = SplitMix64::new(seed ^ 0x0005_3A11);
+        let nodes = if nodes != 4 && small_rng.chance(1, 8) {
+            [1, 2][small_rng.range(0, 2) as usize]
+        } else {
+            nodes
+        };
         let mut timing_rng = SplitMix64::new(seed ^ 0x713E_0A11);
         let production_timing = timing_rng.chance(1, 5);
+        // The transport's load-driven drops and clock jumps: a stream of
+        // their own (no other draw moved).
+        let mut load_rng = SplitMix64::new(seed ^ 0x10AD_D209);
+        faults.link_queue_cap = [0, 0, 8, 64][load_rng.range(0, 4) as usize];
+        faults.connection_reset_per_100k = [0, 0, 100, 500][load_rng.range(0, 4) as usize];
+        faults.max_frame_bytes = [0, 0, 0, 512, 2048][load_rng.range(0, 5) as usize];
+        faults.clock_jump_per_100k = [0, 0, 0, 100, 400][load_rng.range(0, 5) as usize];
         let mut snapshot_rng = SplitMix64::new(seed ^ 0x5AA9_5407);
         if snapshot_rng.chance(1, 3) {
             faults.snapshot_every_slots_by_node = Some(
@@ -261,6 +296,14 @@ pub struct FaultCounts {
     pub fsync_errors: u64,
     /// Late copies of messages from or to a previous incarnation.
     pub stale_deliveries: u64,
+    /// Dropped because the link's send queue was full.
+    pub queue_full_drops: u64,
+    /// Connections that failed, and the messages lost with them.
+    pub connection_resets: u64,
+    pub reset_drops: u64,
+    /// Dropped at the sender for encoding over the frame limit.
+    pub oversized_drops: u64,
+    pub clock_jumps: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -443,7 +486,8 @@ impl Simulation {
                     let max = options.faults.max_clock_skew_per_mille;
                     rng.range(0, 2 * max + 1) as i64 - max as i64
                 };
-                let io = NodeIo::new(NodeId(i), base, rng.next_u64(), MAX_SNAPSHOT_BYTES);
+                let mut io = NodeIo::new(NodeId(i), base, rng.next_u64(), MAX_SNAPSHOT_BYTES);
+                io.quorum_is_self = options.nodes == 1;
                 SimNode {
                     io: Arc::new(Mutex::new(io)),
                     driver: None,
@@ -470,7 +514,7 @@ impl Simulation {
             })
             .collect();
         Simulation {
-            network: Network::new(options.nodes),
+            network: Network::new(options.nodes, &options.faults),
             checker: Checker::new(options.nodes),
             rng,
             workload_rng: SplitMix64::new(options.seed ^ 0x0DE1_E7ED),
@@ -535,6 +579,11 @@ impl Simulation {
             }
             self.faults.recoveries += lock(&node.io).recoveries;
         }
+        let load = self.network.load_counts();
+        self.faults.queue_full_drops = load.queue_full;
+        self.faults.connection_resets = load.resets;
+        self.faults.reset_drops = load.reset_drops;
+        self.faults.oversized_drops = load.oversized;
         SimReport {
             seed: self.options.seed,
             nodes: self.options.nodes,
@@ -573,6 +622,22 @@ impl Simulation {
                 let down = self.rng.range(5, 300);
                 self.crash(victim, down);
             }
+        }
+        if f.connection_reset_per_100k > 0 && self.rng.chance(f.connection_reset_per_100k, 100_000)
+        {
+            let from = self.rng.range(0, u64::from(n)) as usize;
+            let to = self.rng.range(0, u64::from(n)) as usize;
+            let reconnect_ticks = self.rng.range(1, 30);
+            if from != to {
+                self.network
+                    .reset_link(from, to, self.now_tick + reconnect_ticks);
+            }
+        }
+        if f.clock_jump_per_100k > 0 && self.rng.chance(f.clock_jump_per_100k, 100_000) {
+            let victim = self.pick_victim();
+            let jump_ticks = self.rng.range(10, 300);
+            lock(&self.nodes[victim].io).elapsed += Duration::from_millis(jump_ticks * TICK_MS);
+            self.faults.clock_jumps += 1;
         }
         if f.stall_per_100k > 0 && self.rng.chance(f.stall_per_100k, 100_000) {
             let victim = self.pick_victim();
@@ -684,6 +749,11 @@ impl Simulation {
             None => self.options.faults.snapshot_every_slots,
         };
         cfg.max_snapshot_bytes = MAX_SNAPSHOT_BYTES;
+        if self.options.faults.max_frame_bytes > 0 {
+            // Sized to the small frame limit as production's 1 MiB is to
+            // its 32 MiB; transfers then take many chunks and resume.
+            cfg.snapshot_chunk_bytes = self.options.faults.max_frame_bytes / 4;
+        }
         cfg.request_timeout_ms = CLIENT_TIMEOUT_TICKS * TICK_MS;
         cfg
     }
@@ -936,6 +1006,14 @@ impl Simulation {
             );
             self.faults.dropped += dropped;
             self.faults.duplicated += duplicated;
+        }
+        for kind in std::mem::take(&mut self.network.oversized_kinds) {
+            if self.send_violations_reported.insert((index, "frame")) {
+                self.checker.violation(format!(
+                    "frame limit: n{index} sent a {kind} message over the transport's {} byte frame limit (the transport drops it; resent, it never arrives)",
+                    self.options.faults.max_frame_bytes
+                ));
+            }
         }
     }
 
@@ -1396,10 +1474,14 @@ impl Simulation {
             .enumerate()
             .map(|(i, n)| match &n.driver {
                 Some(d) => format!(
-                    "n{i} {:?} chosen {} applied {}",
+                    "n{i} {:?} chosen {} applied {} promised {:?} leader {:?} recovering {:?} distrusts {:?}",
                     d.replica().role(),
                     d.replica().chosen_upto(),
-                    d.kv().applied_upto()
+                    d.kv().applied_upto(),
+                    d.replica().promised(),
+                    d.replica().leader(),
+                    d.replica().status().recovering,
+                    d.replica().distrusted_peers(),
                 ),
                 None => format!("n{i} down"),
             })
@@ -1475,6 +1557,16 @@ fn config_for(options: &SimOptions, id: NodeId) -> Config {
         cfg.max_entries_per_message = 16;
     }
     cfg.bugs = options.bugs.clone();
+    if options.faults.max_frame_bytes > 0 {
+        // The byte budget per message sized to the frame limit, as
+        // production's 4 MiB is to its 32 MiB.
+        cfg.max_bytes_per_message = options.faults.max_frame_bytes / 8;
+    }
+    if options.faults.clock_jump_per_100k > 0 {
+        // A jump is beyond the drift bound leases rely on; reads then go
+        // through the read index (as `paxlog node --no-leases`).
+        cfg.leases = false;
+    }
     cfg
 }
 
@@ -1527,6 +1619,11 @@ impl SimOptions {
             // with the small timing; a broken variant needs a quorum to break.
             self.nodes = self.nodes_drawn;
             self.production_timing = false;
+            // Nor the transport's load drops and clock jumps, drawn later.
+            self.faults.link_queue_cap = 0;
+            self.faults.connection_reset_per_100k = 0;
+            self.faults.max_frame_bytes = 0;
+            self.faults.clock_jump_per_100k = 0;
         }
         match bug {
             None => {}
@@ -1587,5 +1684,15 @@ pub fn record_kind(record: &PersistRecord) -> &'static str {
         PersistRecord::Campaigned(_) => "campaigned",
         PersistRecord::Accepted { .. } => "accepted",
         PersistRecord::Chosen { .. } => "chosen",
+    }
+}
+
+impl SimOptions {
+    /// Forces the cluster size (`None` keeps the seed's).
+    pub fn with_nodes(mut self, nodes: Option<u32>) -> SimOptions {
+        if let Some(n) = nodes {
+            self.nodes = n;
+        }
+        self
     }
 }

@@ -20,12 +20,17 @@ struct Args {
     /// Run a deliberately broken variant, to see the checkers catch it.
     #[arg(long, value_enum)]
     bug: Option<Bug>,
+    /// Run every seed with this many replicas instead of the size it draws.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
+    nodes: Option<u32>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(seed) = args.seed {
-        let options = SimOptions::from_seed(seed).with_bug(args.bug);
+        let options = SimOptions::from_seed(seed)
+            .with_bug(args.bug)
+            .with_nodes(args.nodes);
         println!("options: {options:#?}");
         let report = Simulation::new(options).run();
         print_report(&report);
@@ -38,8 +43,14 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut totals = SimReport::default();
     let mut failed = Vec::new();
+    // Seeds run per cluster size, 1 to 5 replicas.
+    let mut sizes = [0u64; 5];
     for seed in args.start_seed..args.start_seed + args.seeds {
-        let report = run_caught(SimOptions::from_seed(seed).with_bug(args.bug));
+        let report = run_caught(
+            SimOptions::from_seed(seed)
+                .with_bug(args.bug)
+                .with_nodes(args.nodes),
+        );
         totals.ticks += report.ticks;
         totals.steps += report.steps;
         totals.committed += report.committed;
@@ -64,6 +75,12 @@ fn main() -> ExitCode {
         f.stalls += report.faults.stalls;
         f.fsync_errors += report.faults.fsync_errors;
         f.stale_deliveries += report.faults.stale_deliveries;
+        f.queue_full_drops += report.faults.queue_full_drops;
+        f.connection_resets += report.faults.connection_resets;
+        f.reset_drops += report.faults.reset_drops;
+        f.oversized_drops += report.faults.oversized_drops;
+        f.clock_jumps += report.faults.clock_jumps;
+        sizes[report.nodes.clamp(1, 5) as usize - 1] += 1;
         if !report.violations.is_empty() {
             eprintln!(
                 "seed {seed}: {} violation(s); first: {}",
@@ -78,8 +95,9 @@ fn main() -> ExitCode {
     println!(
         "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
          sessions expired {} request_expired answers {} residual first-request re-runs {} | \
-         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} fsync errors {} stalls {} stale deliveries {} disks lost {} synced tails cut {} (recovered {}) snapshots taken {} installed {} | \
-         violations {} | {:.1}s",
+         faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} fsync errors {} stalls {} stale deliveries {} disks lost {} synced tails cut {} (recovered {}) snapshots taken {} installed {} \
+         queue-full drops {} connection resets {} (messages lost {}) oversized frames {} clock jumps {} | \
+         cluster sizes 1-5: {:?} | violations {} | {:.1}s",
         args.seeds,
         totals.ticks,
         totals.steps,
@@ -104,6 +122,12 @@ fn main() -> ExitCode {
         f.recoveries,
         f.snapshots_taken,
         f.snapshots_installed,
+        f.queue_full_drops,
+        f.connection_resets,
+        f.reset_drops,
+        f.oversized_drops,
+        f.clock_jumps,
+        sizes,
         failed.len(),
         started.elapsed().as_secs_f64()
     );

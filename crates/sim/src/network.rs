@@ -103,10 +103,31 @@ pub struct Network {
     calm: bool,
     /// The last messages sent, for late copies after a restart.
     recent: VecDeque<(usize, usize, Wire)>,
+    /// Messages in flight per directed link (the transport's send queue).
+    in_flight: Vec<usize>,
+    /// A failed connection drops what is sent on its link until this tick.
+    reconnect_at: Vec<u64>,
+    /// The transport's limits (see `Faults`); 0 is no bound.
+    link_queue_cap: usize,
+    max_frame_bytes: usize,
+    frame: Vec<u8>,
+    load: LoadCounts,
+    /// What was dropped for its size, for the checker: a node whose
+    /// message cannot fit in a frame would repeat it forever.
+    pub oversized_kinds: Vec<String>,
+}
+
+/// The transport's own drops, counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadCounts {
+    pub queue_full: u64,
+    pub resets: u64,
+    pub reset_drops: u64,
+    pub oversized: u64,
 }
 
 impl Network {
-    pub fn new(nodes: u32) -> Network {
+    pub fn new(nodes: u32, faults: &Faults) -> Network {
         let nodes = nodes as usize;
         Network {
             nodes,
@@ -114,7 +135,35 @@ impl Network {
             queue: BinaryHeap::new(),
             calm: false,
             recent: VecDeque::new(),
+            in_flight: vec![0; nodes * nodes],
+            reconnect_at: vec![0; nodes * nodes],
+            link_queue_cap: faults.link_queue_cap,
+            max_frame_bytes: if faults.max_frame_bytes == 0 {
+                paxlog_transport::DEFAULT_MAX_FRAME_BYTES
+            } else {
+                faults.max_frame_bytes
+            },
+            frame: Vec::new(),
+            load: LoadCounts::default(),
+            oversized_kinds: Vec::new(),
         }
+    }
+
+    pub fn load_counts(&self) -> LoadCounts {
+        self.load
+    }
+
+    /// The connection from `from` to `to` failed: what was written to it
+    /// and not yet read is lost, and it drops sends until `until`.
+    pub fn reset_link(&mut self, from: usize, to: usize, until: u64) {
+        let link = from * self.nodes + to;
+        let before = self.queue.len();
+        self.queue
+            .retain(|Reverse(q)| !(q.from == from && q.to == to));
+        self.load.reset_drops += (before - self.queue.len()) as u64;
+        self.in_flight[link] = 0;
+        self.reconnect_at[link] = until;
+        self.load.resets += 1;
     }
 
     pub fn is_partitioned(&self) -> bool {
@@ -146,7 +195,27 @@ impl Network {
         faults: &Faults,
         rng: &mut SplitMix64,
     ) -> (u64, u64) {
-        if self.blocked[from * self.nodes + to] {
+        let link = from * self.nodes + to;
+        if self.blocked[link] {
+            return (1, 0);
+        }
+        // The real transport's drops, in its order: the frame limit at
+        // encoding, then the bounded queue, then a connection being re-made.
+        // The size check encodes only in seeds that draw a small limit.
+        if self.max_frame_bytes < paxlog_transport::DEFAULT_MAX_FRAME_BYTES
+            && paxlog_transport::wire::encode_frame(&wire, &mut self.frame)
+                .map_or(true, |len| len > self.max_frame_bytes)
+        {
+            self.load.oversized += 1;
+            self.oversized_kinds.push(wire_kind(&wire));
+            return (1, 0);
+        }
+        if self.link_queue_cap > 0 && self.in_flight[link] >= self.link_queue_cap {
+            self.load.queue_full += 1;
+            return (1, 0);
+        }
+        if now_tick < self.reconnect_at[link] {
+            self.load.reset_drops += 1;
             return (1, 0);
         }
         let max_delay = if self.calm {
@@ -166,6 +235,7 @@ impl Network {
         let mut duplicated = 0;
         if !self.calm && rng.chance(faults.duplicate_per_mille, 1000) {
             duplicated = 1;
+            self.in_flight[link] += 1;
             self.queue.push(Reverse(Queued {
                 deliver_tick: now_tick + 1 + rng.range(0, max_delay),
                 order: rng.next_u64(),
@@ -174,6 +244,7 @@ impl Network {
                 wire: wire.clone(),
             }));
         }
+        self.in_flight[link] += 1;
         self.queue.push(Reverse(Queued {
             deliver_tick: now_tick + 1 + rng.range(0, max_delay),
             order: rng.next_u64(),
@@ -200,6 +271,7 @@ impl Network {
                 continue;
             }
             queued += 1;
+            self.in_flight[from * self.nodes + to] += 1;
             self.queue.push(Reverse(Queued {
                 deliver_tick: now_tick + 1 + rng.range(0, 5),
                 order: rng.next_u64(),
@@ -221,11 +293,23 @@ impl Network {
             .is_some_and(|Reverse(q)| q.deliver_tick <= now_tick)
         {
             if let Some(Reverse(q)) = self.queue.pop() {
-                if !self.blocked[q.from * self.nodes + q.to] {
+                let link = q.from * self.nodes + q.to;
+                self.in_flight[link] = self.in_flight[link].saturating_sub(1);
+                if !self.blocked[link] {
                     due.push((q.from, q.to, q.wire));
                 }
             }
         }
         due
     }
+}
+
+fn wire_kind(wire: &Wire) -> String {
+    let debug = format!("{wire:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

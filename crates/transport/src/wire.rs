@@ -28,7 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::TransportError;
 
 /// Protocol version carried in every frame header and in the handshake.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: promises come in pages (`Message::Promise` gained `complete`), so a
+/// replica of version 1 is refused at the handshake, not misread.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"PXLG";
 /// Size of the frame length prefix.

@@ -51,9 +51,6 @@ use test_hooks::TestHooks;
 /// Inputs taken per turn before the batch is persisted.
 const MAX_INPUTS_PER_TURN: usize = 4096;
 
-/// Snapshot bytes per transfer chunk.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-
 /// A stalled snapshot transfer is re-requested after this long.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(2);
 
@@ -471,10 +468,11 @@ impl Driver {
                 let reply = if slot.0 == 0 {
                     Wire::SnapshotUnavailable
                 } else {
-                    match self
-                        .snapshots
-                        .read_chunk(slot, offset, SNAPSHOT_CHUNK_BYTES)
-                    {
+                    match self.snapshots.read_chunk(
+                        slot,
+                        offset,
+                        self.cfg.snapshot_chunk_bytes.max(1),
+                    ) {
                         Ok(chunk) => Wire::SnapshotChunk {
                             log_start: chunk.log_start,
                             offset: chunk.offset,
