@@ -524,7 +524,9 @@ impl Driver {
 
     /// Uptime, for status pages.
     pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+        // The injected clock, as everything else here (the simulator's
+        // replicas report simulated time, not the host's).
+        self.clock.now().saturating_duration_since(self.started)
     }
 }
 
