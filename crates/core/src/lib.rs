@@ -16,7 +16,10 @@ pub use durable::{DurableState, ReplayError};
 pub use message::{AcceptedValue, Envelope, Message};
 pub use ready::{DropReason, Event, PersistRecord, ReadFailure, Ready};
 pub use replica::{
-    Bugs, Config, PeerReport, ProposeError, RecoveryStatus, Replica, Role, StatusReport, Submitted,
+    Bugs, Config, ConfigChangeError, PeerReport, ProposeError, RecoveryStatus, Replica, Role,
+    StatusReport, Submitted,
 };
 pub use state_machine::StateMachine;
-pub use types::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
+pub use types::{
+    ids_of, Ballot, Entry, Membership, NodeId, Proposal, RequestId, Slot, MAX_NODE_ID,
+};

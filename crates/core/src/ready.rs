@@ -134,6 +134,14 @@ pub enum Event {
         ours: Entry,
         theirs: Entry,
     },
+    /// A membership change chosen at `slot` governs every slot after it
+    /// (reported when the chosen prefix passes it). A replica that is no
+    /// member of it any more has been removed: it stops campaigning and
+    /// should stop serving.
+    MembershipChanged {
+        slot: Slot,
+        membership: crate::types::Membership,
+    },
 }
 
 #[derive(Debug, Default)]

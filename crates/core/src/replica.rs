@@ -10,15 +10,23 @@ use crate::durable::DurableState;
 use crate::message::{AcceptedValue, Envelope, Message};
 use crate::ready::{DropReason, Event, PersistRecord, ReadFailure, Ready};
 use crate::rng::SplitMix64;
-use crate::types::{Ballot, Entry, NodeId, Proposal, RequestId, Slot};
+use crate::types::{
+    ids_of, Ballot, Entry, Membership, NodeId, Proposal, RequestId, Slot, MAX_NODE_ID,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Tunables. Times are in ticks; the driver decides how long a tick is.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Number of replicas; ids are `0..cluster_size`. At most 64.
+    /// Number of replicas a new cluster is bootstrapped with; their ids are
+    /// `0..cluster_size` and all vote. At most 64. Ignored when
+    /// `membership` is set.
     pub cluster_size: u32,
+    /// The membership in force at the start of the log (`log_start`), as the
+    /// snapshot the replica starts from recorded it. `None`: the bootstrap
+    /// membership, `Membership::initial(cluster_size)`.
+    pub membership: Option<Membership>,
     /// A leader sends a heartbeat (carrying the commit index) this often.
     pub heartbeat_interval_ticks: u64,
     /// A follower that hears no leader for a random time in
@@ -48,6 +56,7 @@ impl Config {
         Config {
             id,
             cluster_size,
+            membership: None,
             heartbeat_interval_ticks: 5,
             election_timeout_ticks: 50,
             max_inflight_slots: 512,
@@ -98,6 +107,10 @@ pub struct Bugs {
     /// A replica that may have forgotten its promises and accepts votes at
     /// once instead of recovering first.
     pub skip_recovery: bool,
+    /// A candidate counts only a majority of the membership governing its
+    /// chosen prefix, ignoring membership changes it will re-propose (their
+    /// voters may form a majority that shares nobody with it).
+    pub old_config_quorum_only: bool,
     /// Record local invariant violations instead of panicking (set whenever
     /// a bug is injected, also from outside the core, e.g. a lossy disk).
     pub record_violations: bool,
@@ -127,6 +140,38 @@ impl std::fmt::Display for ProposeError {
 }
 
 impl std::error::Error for ProposeError {}
+
+/// Why a membership change was not placed in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigChangeError {
+    /// Only the leader places changes; retry there.
+    NotLeader(Option<NodeId>),
+    /// Another change is not chosen yet, or this leader has not yet chosen
+    /// the slots it inherited (it may not know the latest membership).
+    InProgress,
+    /// The in-flight window is full; retry shortly.
+    Overloaded,
+    /// Not a change that may follow the current membership.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigChangeError::NotLeader(Some(leader)) => {
+                write!(f, "not the leader; the leader is {leader}")
+            }
+            ConfigChangeError::NotLeader(None) => write!(f, "no leader is known"),
+            ConfigChangeError::InProgress => {
+                write!(f, "another membership change is in progress")
+            }
+            ConfigChangeError::Overloaded => write!(f, "too many requests are in flight"),
+            ConfigChangeError::Invalid(why) => write!(f, "invalid membership change: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigChangeError {}
 
 /// Where a proposal went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +240,10 @@ struct Candidate {
     pages: BTreeMap<NodeId, (PromiseInfo, Slot)>,
     refused: BTreeSet<NodeId>,
     last_prepare_tick: u64,
+    /// Voters of memberships this candidate found in the promises (values
+    /// it will re-propose), asked as well: each such membership needs a
+    /// majority of its own (see `election_quorums_met`).
+    also_asked: u64,
 }
 
 #[derive(Debug)]
@@ -227,6 +276,10 @@ struct Leader {
     next_slot: Slot,
     /// Every slot below this was inherited from Phase 1; reads must wait for it.
     inherited_upto: Slot,
+    /// The slot of a membership change not yet chosen: no slot after it is
+    /// given a new value, nor counted as chosen, until it is (its quorum
+    /// depends on it).
+    config_barrier: Option<Slot>,
     /// Proposals waiting for a slot, with the replica that forwarded them.
     pending: VecDeque<(Proposal, Option<NodeId>)>,
     inflight: BTreeMap<Slot, Inflight>,
@@ -305,6 +358,9 @@ pub struct Replica {
     log_start: Slot,
     chosen_upto: Slot,
     applied_upto: Slot,
+    /// Memberships by the first slot they govern: one at `log_start`, and
+    /// one after every chosen `Entry::Config` in the chosen prefix.
+    memberships: BTreeMap<Slot, Membership>,
 
     // Leadership as seen from here.
     role: RoleState,
@@ -347,7 +403,11 @@ impl Replica {
             (1..=64).contains(&cfg.cluster_size),
             "cluster size must be 1..=64"
         );
-        assert!(cfg.id.0 < cfg.cluster_size, "node id outside the cluster");
+        assert!(cfg.id.0 <= MAX_NODE_ID, "node id above {MAX_NODE_ID}");
+        let base_membership = cfg
+            .membership
+            .clone()
+            .unwrap_or_else(|| Membership::initial(cfg.cluster_size));
         assert!(cfg.heartbeat_interval_ticks >= 1 && cfg.election_timeout_ticks >= 2);
         let mut log = BTreeMap::new();
         for (slot, (ballot, entry)) in durable.accepted {
@@ -381,6 +441,7 @@ impl Replica {
             log_start: durable.log_start,
             chosen_upto: durable.log_start,
             applied_upto: durable.log_start,
+            memberships: BTreeMap::from([(durable.log_start, base_membership)]),
             role: RoleState::Follower,
             leader: None,
             last_leader_contact_tick: 0,
@@ -454,6 +515,29 @@ impl Replica {
 
     pub fn leader(&self) -> Option<NodeId> {
         self.leader.map(|(node, _)| node)
+    }
+
+    /// The membership in force after the chosen prefix (the newest chosen).
+    pub fn membership(&self) -> &Membership {
+        self.memberships
+            .values()
+            .next_back()
+            .expect("a membership governs log_start")
+    }
+
+    /// The membership governing `slot`, as far as the chosen prefix tells.
+    pub fn membership_at(&self, slot: Slot) -> &Membership {
+        self.memberships
+            .range(..=slot)
+            .next_back()
+            .or_else(|| self.memberships.iter().next())
+            .map(|(_, m)| m)
+            .expect("a membership governs log_start")
+    }
+
+    /// May this replica vote (and so campaign) under the newest membership?
+    pub fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.cfg.id)
     }
 
     /// The chosen value of `slot`, if known and not compacted.
@@ -587,6 +671,57 @@ impl Replica {
     /// Starts a linearizable read. `Event::ReadReady { read_id, read_index }`
     /// follows once a quorum confirmed the leader; the read may then be served
     /// from the local state machine as soon as `read_index` is applied here.
+    /// Places a membership change in the log (leader only). It governs the
+    /// slots after the one it gets once chosen; until then this leader
+    /// gives no later slot a value. The proposer learns the outcome like any
+    /// proposal's: the slot is applied with this `id`, or the id is reported
+    /// dropped.
+    pub fn propose_config(
+        &mut self,
+        id: RequestId,
+        membership: Membership,
+    ) -> Result<Slot, ConfigChangeError> {
+        let window_end = Slot(self.chosen_upto.0 + self.cfg.max_inflight_slots);
+        let current = self.membership().clone();
+        let chosen_upto = self.chosen_upto;
+        let me = self.cfg.id;
+        let now = self.now_tick;
+        let RoleState::Leader(l) = &mut self.role else {
+            return Err(ConfigChangeError::NotLeader(self.leader()));
+        };
+        // A leader knows the newest membership only once the slots it
+        // inherited from Phase 1 are chosen (Raft's rule: a leader commits
+        // an entry of its own term before it changes the configuration).
+        if l.config_barrier.is_some() || chosen_upto < l.inherited_upto {
+            return Err(ConfigChangeError::InProgress);
+        }
+        current
+            .check_next(&membership)
+            .map_err(ConfigChangeError::Invalid)?;
+        if l.next_slot >= window_end {
+            return Err(ConfigChangeError::Overloaded);
+        }
+        let slot = l.next_slot;
+        l.next_slot = slot.next();
+        l.config_barrier = Some(slot);
+        l.commit_sent = chosen_upto;
+        let ballot = l.ballot;
+        l.inflight.insert(
+            slot,
+            Inflight {
+                acks: bit(me),
+                sent_tick: now,
+            },
+        );
+        self.placed.insert(slot, (id, None));
+        self.record_accept(slot, ballot, Entry::Config { id, membership });
+        for peer in self.peer_ids().collect::<Vec<_>>() {
+            self.send_accepts(peer, slot, slot.next());
+        }
+        self.choose_inflight();
+        Ok(slot)
+    }
+
     pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
         if self.cfg.bugs.local_reads {
             let read_index = self.chosen_upto;
@@ -640,9 +775,11 @@ impl Replica {
             self.maybe_pull_catch_up();
             return;
         }
+        let voters_now = self.membership().voters;
         match &mut self.role {
             RoleState::Follower => {
-                if now >= self.election_deadline_tick {
+                // Learners and removed replicas never campaign.
+                if now >= self.election_deadline_tick && self.is_voter() {
                     self.start_election();
                 }
             }
@@ -654,8 +791,8 @@ impl Replica {
                     c.last_prepare_tick = now;
                     let ballot = c.ballot;
                     let me = self.cfg.id;
-                    let silent: Vec<NodeId> = (0..self.cfg.cluster_size)
-                        .map(NodeId)
+                    let asked = voters_now | c.also_asked;
+                    let silent: Vec<NodeId> = ids_of(asked)
                         .filter(|p| {
                             *p != me && !c.granted.contains_key(p) && !c.refused.contains(p)
                         })
@@ -687,7 +824,7 @@ impl Replica {
 
     /// Processes one message from a peer.
     pub fn step(&mut self, from: NodeId, message: Message) {
-        if from == self.cfg.id || from.0 >= self.cfg.cluster_size {
+        if from == self.cfg.id || from.0 > MAX_NODE_ID {
             return;
         }
         if self.distrusted & bit(from) != 0 {
@@ -821,16 +958,35 @@ impl Replica {
         }
         self.log = self.log.split_off(&upto);
         self.log_start = upto;
+        self.compact_memberships(upto, None);
+    }
+
+    /// Forgets memberships that govern only slots below `upto`; the one in
+    /// force at `upto` is kept (or `at_upto`, when a snapshot says it).
+    fn compact_memberships(&mut self, upto: Slot, at_upto: Option<Membership>) {
+        let governing = at_upto.unwrap_or_else(|| self.membership_at(upto).clone());
+        let later = self.memberships.split_off(&upto.next());
+        self.memberships = later;
+        self.memberships.insert(upto, governing);
     }
 
     /// The driver installed (durably) a snapshot from a peer covering every
     /// slot below `upto`, and restored the state machine from it. Returns
     /// false (and changes nothing) if the snapshot is not ahead of us.
     pub fn install_snapshot(&mut self, upto: Slot) -> bool {
+        self.install_snapshot_with(upto, None)
+    }
+
+    /// `install_snapshot`, with the membership the snapshot recorded as in
+    /// force at `upto` (`None`: the newest this replica knows; right only
+    /// if no change was chosen between its chosen prefix and `upto`).
+    pub fn install_snapshot_with(&mut self, upto: Slot, membership: Option<Membership>) -> bool {
         self.snapshot_asked_tick = None;
         if upto <= self.applied_upto {
             return false;
         }
+        let membership = membership.unwrap_or_else(|| self.membership().clone());
+        self.compact_memberships(upto, Some(membership));
         self.log = self.log.split_off(&upto);
         // Entries handed out earlier in this turn and not yet applied lie
         // below the snapshot, which already contains them: applying them on
@@ -1158,8 +1314,15 @@ impl Replica {
     /// Extends the contiguous chosen prefix and hands new entries out for
     /// application, strictly in slot order.
     fn advance_chosen(&mut self) {
-        while self.log.get(&self.chosen_upto).is_some_and(|s| s.chosen) {
-            self.chosen_upto = self.chosen_upto.next();
+        while let Some(s) = self.log.get(&self.chosen_upto).filter(|s| s.chosen) {
+            let slot = self.chosen_upto;
+            if let Entry::Config { membership, .. } = &s.entry {
+                let membership = membership.clone();
+                self.chosen_upto = slot.next();
+                self.on_membership_chosen(slot, membership);
+                continue;
+            }
+            self.chosen_upto = slot.next();
         }
         while self.applied_upto < self.chosen_upto {
             let slot = self.applied_upto;
@@ -1169,6 +1332,35 @@ impl Replica {
                 }
             }
             self.applied_upto = slot.next();
+        }
+    }
+
+    /// The chosen prefix passed a membership change at `slot`.
+    fn on_membership_chosen(&mut self, slot: Slot, membership: Membership) {
+        self.memberships.insert(slot.next(), membership.clone());
+        self.out.events.push(Event::MembershipChanged {
+            slot,
+            membership: membership.clone(),
+        });
+        let me = self.cfg.id;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.config_barrier == Some(slot) {
+            // The next change among the slots in flight, if any (inherited
+            // from Phase 1), is the next barrier.
+            l.config_barrier = None;
+            let next = l
+                .inflight
+                .keys()
+                .copied()
+                .find(|s| *s > slot && self.log.get(s).is_some_and(|x| is_config(&x.entry)));
+            l.config_barrier = next;
+        }
+        if !membership.is_voter(me) {
+            // Removed, or made a learner: lead no more. The voters elect a
+            // leader among themselves (this replica does not campaign).
+            self.become_follower(None);
         }
     }
 
@@ -1494,7 +1686,9 @@ impl Replica {
     /// The others' replies needed: a majority of the cluster, not counting
     /// this replica.
     fn recovery_replies_needed(&self) -> usize {
-        (self.cfg.cluster_size as usize / 2 + 1).min(self.cfg.cluster_size as usize - 1)
+        let membership = self.membership();
+        let others = membership.voters & !bit(self.cfg.id);
+        (membership.quorum()).min(others.count_ones() as usize)
     }
 
     fn recovery_status(&self) -> Option<RecoveryStatus> {
@@ -1531,7 +1725,7 @@ impl Replica {
         let Some(r) = self.recovery.as_ref() else {
             return;
         };
-        if self.cfg.cluster_size == 1 {
+        if self.membership().voters & !bit(self.cfg.id) == 0 {
             // Nobody to ask: a single replica that lost its state lost the
             // cluster's. It stays out (the operator must decide).
             return;
@@ -1622,6 +1816,7 @@ impl Replica {
             pages: BTreeMap::new(),
             refused: BTreeSet::new(),
             last_prepare_tick: self.now_tick,
+            also_asked: 0,
         });
         self.reset_election_timer(0);
         // The candidate promises itself only once a quorum of peers granted:
@@ -1699,20 +1894,97 @@ impl Replica {
         self.maybe_win_election();
     }
 
+    /// Votes needed under the newest membership.
     fn quorum(&self) -> usize {
+        self.quorum_of(self.membership())
+    }
+
+    fn quorum_of(&self, membership: &Membership) -> usize {
         if self.cfg.bugs.quorum_of_one {
             1
         } else {
-            self.cfg.cluster_size as usize / 2 + 1
+            membership.quorum()
+        }
+    }
+
+    /// Has the candidacy the votes it needs? A majority of the voters of
+    /// the membership governing its chosen prefix, and also of every
+    /// membership change it would re-propose beyond it (those govern the
+    /// slots after them, which this Phase 1 covers too). Returns the voters
+    /// still to be asked when a membership found in the promises lacks a
+    /// majority.
+    fn election_quorums_met(&self, c: &Candidate) -> Result<(), u64> {
+        let me = self.cfg.id;
+        let mut granted = bit(me);
+        for peer in c.granted.keys() {
+            granted |= bit(*peer);
+        }
+        let base = self.membership();
+        if base.votes_in(granted) < self.quorum_of(base) {
+            return Err(0);
+        }
+        if self.cfg.bugs.old_config_quorum_only {
+            return Ok(());
+        }
+        // The values it will re-propose: per slot the highest ballot among
+        // the promises and its own log (as `become_leader` picks them).
+        let mut best: BTreeMap<Slot, (Ballot, &Entry)> = BTreeMap::new();
+        for (slot, s) in self.log.range(self.chosen_upto..) {
+            best.insert(*slot, (s.ballot, &s.entry));
+        }
+        for info in c.granted.values() {
+            for value in &info.accepted {
+                if value.slot < self.chosen_upto {
+                    continue;
+                }
+                let known_chosen = self.log.get(&value.slot).is_some_and(|s| s.chosen);
+                let newer = best.get(&value.slot).is_none_or(|(b, _)| value.ballot > *b);
+                if newer && !known_chosen {
+                    best.insert(value.slot, (value.ballot, &value.entry));
+                }
+            }
+        }
+        let mut missing = 0u64;
+        for (_, entry) in best.values() {
+            if let Entry::Config { membership, .. } = entry {
+                if membership.votes_in(granted) < self.quorum_of(membership) {
+                    missing |= membership.voters & !granted;
+                }
+            }
+        }
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(missing)
         }
     }
 
     fn maybe_win_election(&mut self) {
-        let quorum = self.quorum();
         let RoleState::Candidate(c) = &self.role else {
             return;
         };
-        if c.granted.len() + 1 < quorum {
+        if let Err(missing) = self.election_quorums_met(c) {
+            // Ask the voters of a newer membership it found, once.
+            let new = missing & !c.also_asked;
+            let (ballot, chosen_upto) = (c.ballot, self.chosen_upto);
+            if new != 0 {
+                if let RoleState::Candidate(c) = &mut self.role {
+                    c.also_asked |= new;
+                }
+                for peer in ids_of(new)
+                    .filter(|p| *p != self.cfg.id)
+                    .collect::<Vec<_>>()
+                {
+                    self.send(
+                        peer,
+                        Message::Prepare {
+                            ballot,
+                            from_slot: chosen_upto,
+                            chosen_upto,
+                        },
+                    );
+                }
+            }
             return;
         }
         let ballot = c.ballot;
@@ -1785,9 +2057,10 @@ impl Replica {
             ballot,
             next_slot: end,
             inherited_upto: end,
+            config_barrier: None,
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
-            peers: vec![PeerProgress::default(); self.cfg.cluster_size as usize],
+            peers: vec![PeerProgress::default(); MAX_NODE_ID as usize + 1],
             elected_tick: self.now_tick,
             last_heartbeat_tick: self.now_tick,
             commit_sent: Slot::ZERO,
@@ -1837,6 +2110,14 @@ impl Replica {
                 );
             }
         }
+        // An inherited membership change not yet chosen: nothing after it
+        // counts as chosen before it is (the slots after it are governed by
+        // it).
+        leader.config_barrier = leader
+            .inflight
+            .keys()
+            .copied()
+            .find(|s| self.log.get(s).is_some_and(|x| is_config(&x.entry)));
         self.role = RoleState::Leader(leader);
         self.leader = Some((me, ballot));
         self.out.events.push(Event::LeaderChanged {
@@ -1847,18 +2128,24 @@ impl Replica {
             self.send_accepts(peer, start, end);
             self.send_heartbeat(peer, ballot, 0);
         }
-        self.check_quorum_of_inflight();
+        self.choose_inflight();
     }
 
     fn on_reject(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) {
         self.highest_seen = self.highest_seen.max(promised);
-        let quorum = self.quorum();
-        let size = self.cfg.cluster_size as usize;
+        let membership = self.membership().clone();
+        let quorum = self.quorum_of(&membership);
+        let size = membership.voter_count();
         let t = self.cfg.election_timeout_ticks;
         match &mut self.role {
             RoleState::Candidate(c) if c.ballot == ballot => {
                 c.refused.insert(from);
-                let cannot_win = promised > ballot || c.refused.len() > size - quorum;
+                let refused_voters = c
+                    .refused
+                    .iter()
+                    .filter(|r| membership.is_voter(**r))
+                    .count();
+                let cannot_win = promised > ballot || refused_voters > size.saturating_sub(quorum);
                 if cannot_win {
                     // Preempted or refused: back off a random while so
                     // dueling proposers do not livelock.
@@ -1926,12 +2213,14 @@ impl Replica {
         if self.now_tick - l.elected_tick < t {
             return true;
         }
-        let heard = l
-            .peers
-            .iter()
-            .filter(|p| p.last_heard_tick.is_some_and(|h| self.now_tick - h < t))
-            .count();
-        heard + 1 >= self.quorum()
+        let membership = self.membership();
+        let mut heard = bit(self.cfg.id);
+        for (i, p) in l.peers.iter().enumerate() {
+            if p.last_heard_tick.is_some_and(|h| self.now_tick - h < t) {
+                heard |= 1 << i;
+            }
+        }
+        membership.votes_in(heard) >= self.quorum_of(membership)
     }
 
     /// Does this leader hold a lease now? Anchored at the send time of the
@@ -1944,14 +2233,17 @@ impl Replica {
         if lease == 0 {
             return false;
         }
+        let membership = self.membership();
         let mut rounds: Vec<u64> = l
             .peers
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i as u32 != self.cfg.id.0)
+            .filter(|(i, _)| *i as u32 != self.cfg.id.0 && membership.is_voter(NodeId(*i as u32)))
             .map(|(_, p)| p.acked_read_round)
             .collect();
-        rounds.push(l.read_round_started);
+        if membership.is_voter(self.cfg.id) {
+            rounds.push(l.read_round_started);
+        }
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let Some(&anchor) = rounds.get(self.quorum() - 1) else {
             return false;
@@ -1971,6 +2263,7 @@ impl Replica {
     }
 
     fn leader_tick(&mut self) {
+        let members = self.known_members_mask() & !bit(self.cfg.id);
         let now = self.now_tick;
         let hb = self.cfg.heartbeat_interval_ticks;
         let RoleState::Leader(l) = &self.role else {
@@ -1992,10 +2285,8 @@ impl Replica {
         for (slot, inflight) in l.inflight.iter_mut() {
             if now - inflight.sent_tick >= 2 * hb {
                 inflight.sent_tick = now;
-                for peer in 0..self.cfg.cluster_size {
-                    if inflight.acks & (1 << peer) == 0 {
-                        resend.push((NodeId(peer), *slot));
-                    }
+                for peer in ids_of(members & !inflight.acks) {
+                    resend.push((peer, *slot));
                 }
             }
         }
@@ -2091,7 +2382,9 @@ impl Replica {
         let first = l.next_slot;
         let ballot = l.ballot;
         let mut accepted = Vec::new();
-        while l.next_slot < window_end {
+        // Behind a membership change not yet chosen, no new slots: their
+        // quorum depends on it.
+        while l.next_slot < window_end && l.config_barrier.is_none() {
             let Some((proposal, origin)) = l.pending.pop_front() else {
                 break;
             };
@@ -2119,23 +2412,42 @@ impl Replica {
             for peer in self.peer_ids().collect::<Vec<_>>() {
                 self.send_accepts(peer, first, end);
             }
-            self.check_quorum_of_inflight();
+            self.choose_inflight();
         }
     }
 
-    /// With a quorum of one (a single-replica cluster), our own accept chooses.
-    fn check_quorum_of_inflight(&mut self) {
-        if self.quorum() > 1 {
-            return;
+    /// Marks chosen every slot in flight that a majority of the voters of
+    /// its membership accepted at our ballot (with a single voter, our own
+    /// accept). Slots after an unchosen membership change wait for it.
+    fn choose_inflight(&mut self) {
+        loop {
+            let RoleState::Leader(l) = &self.role else {
+                return;
+            };
+            let mut newly = Vec::new();
+            for (slot, inflight) in &l.inflight {
+                if l.config_barrier.is_some_and(|b| *slot > b) {
+                    break;
+                }
+                let membership = self.membership_at(*slot);
+                if membership.votes_in(inflight.acks) >= self.quorum_of(membership) {
+                    newly.push(*slot);
+                }
+            }
+            if newly.is_empty() {
+                return;
+            }
+            if let RoleState::Leader(l) = &mut self.role {
+                for slot in &newly {
+                    l.inflight.remove(slot);
+                }
+            }
+            for slot in newly {
+                self.mark_chosen(slot, None);
+            }
+            // May pass a membership change, which lifts its barrier.
+            self.advance_chosen();
         }
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        let slots: Vec<Slot> = std::mem::take(&mut l.inflight).into_keys().collect();
-        for slot in slots {
-            self.mark_chosen(slot, None);
-        }
-        self.advance_chosen();
     }
 
     /// Tells followers promptly when the chosen prefix moved and no Accept
@@ -2158,7 +2470,6 @@ impl Replica {
         their_chosen_upto: Slot,
     ) {
         self.note_peer_progress(from, their_chosen_upto);
-        let quorum = self.quorum();
         let now = self.now_tick;
         let RoleState::Leader(l) = &mut self.role else {
             return;
@@ -2169,20 +2480,10 @@ impl Replica {
         let progress = &mut l.peers[from.0 as usize];
         progress.last_heard_tick = Some(now);
         progress.chosen_upto = progress.chosen_upto.max(their_chosen_upto);
-        let mut newly = Vec::new();
-        for (slot, inflight) in l.inflight.range_mut(first_slot..end_slot) {
+        for (_, inflight) in l.inflight.range_mut(first_slot..end_slot) {
             inflight.acks |= bit(from);
-            if inflight.acks.count_ones() as usize >= quorum {
-                newly.push(*slot);
-            }
         }
-        for slot in &newly {
-            l.inflight.remove(slot);
-        }
-        for slot in newly {
-            self.mark_chosen(slot, None);
-        }
-        self.advance_chosen();
+        self.choose_inflight();
         self.check_reads();
     }
 
@@ -2273,20 +2574,21 @@ impl Replica {
 
     /// Releases reads whose round a quorum acknowledged at our ballot.
     fn check_reads(&mut self) {
-        let quorum = self.quorum();
+        let membership = self.membership().clone();
+        let quorum = self.quorum_of(&membership);
         let me = self.cfg.id;
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
         let mut released = Vec::new();
         while let Some(read) = l.reads.front() {
-            let acks = l
-                .peers
-                .iter()
-                .enumerate()
-                .filter(|(i, p)| *i as u32 != me.0 && p.acked_read_round >= read.round)
-                .count();
-            if acks + 1 < quorum || read.round > l.read_round_started {
+            let mut acked = bit(me);
+            for (i, p) in l.peers.iter().enumerate() {
+                if i as u32 != me.0 && p.acked_read_round >= read.round {
+                    acked |= 1 << i;
+                }
+            }
+            if membership.votes_in(acked) < quorum || read.round > l.read_round_started {
                 break;
             }
             if let Some(read) = l.reads.pop_front() {
@@ -2398,11 +2700,32 @@ impl Replica {
         }
     }
 
+    /// Every replica this one talks to: the members of every membership it
+    /// knows of (the newest chosen, older ones still in the log, a change
+    /// in flight at the leader, voters a candidate also asked), but itself.
     fn peer_ids(&self) -> impl Iterator<Item = NodeId> + 'static {
-        let me = self.cfg.id;
-        (0..self.cfg.cluster_size)
-            .map(NodeId)
-            .filter(move |n| *n != me)
+        ids_of(self.known_members_mask() & !bit(self.cfg.id))
+    }
+
+    fn known_members_mask(&self) -> u64 {
+        let mut mask = 0;
+        for membership in self.memberships.values() {
+            mask |= membership.members_mask();
+        }
+        match &self.role {
+            RoleState::Leader(l) => {
+                if let Some(Entry::Config { membership, .. }) = l
+                    .config_barrier
+                    .and_then(|b| self.log.get(&b))
+                    .map(|s| &s.entry)
+                {
+                    mask |= membership.members_mask();
+                }
+            }
+            RoleState::Candidate(c) => mask |= c.also_asked,
+            RoleState::Follower => {}
+        }
+        mask
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
@@ -2412,4 +2735,8 @@ impl Replica {
             message,
         });
     }
+}
+
+fn is_config(entry: &Entry) -> bool {
+    matches!(entry, Entry::Config { .. })
 }

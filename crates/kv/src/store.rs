@@ -723,7 +723,9 @@ impl StateMachine for KvStore {
         );
         self.expire_sessions(slot);
         let out = match entry {
-            Entry::Noop => ApplyOutput {
+            // A membership change is the consensus layer's: the store's data
+            // and sessions do not change.
+            Entry::Noop | Entry::Config { .. } => ApplyOutput {
                 slot,
                 duplicate: false,
                 original_slot: None,

@@ -884,7 +884,7 @@ fn an_expired_retry_is_refused_not_run_again() {
         };
         let since = KvRequest::decode(match &inc {
             Entry::Command { payload, .. } => payload,
-            Entry::Noop => unreachable!(),
+            Entry::Noop | Entry::Config { .. } => unreachable!(),
         })
         .unwrap()
         .since;

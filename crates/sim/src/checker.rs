@@ -385,6 +385,10 @@ fn residual_rerun(id: RequestId, entry: &Entry, earlier: Slot) -> bool {
 fn describe(entry: &Entry) -> String {
     match entry {
         Entry::Noop => "no-op".to_string(),
+        Entry::Config { id, membership } => format!(
+            "{id} membership epoch {} voters {:#x} learners {:#x}",
+            membership.epoch, membership.voters, membership.learners
+        ),
         Entry::Command { id, payload } => match paxlog_kv::KvRequest::decode(payload) {
             Ok(request) => format!(
                 "{id} {:?} stamped {}",

@@ -1122,7 +1122,7 @@ impl Simulation {
             Entry::Command { payload, .. } => KvCommand::decode(payload)
                 .ok()
                 .and_then(|c| key_of(&c).map(str::to_string)),
-            Entry::Noop => None,
+            Entry::Noop | Entry::Config { .. } => None,
         };
         let value_before = key.as_ref().and_then(|k| kv.get(k).cloned());
         let sessions_before = kv.session_count();

@@ -99,7 +99,7 @@ impl Node {
 
 pub fn payload_of(entry: &Entry) -> Option<Vec<u8>> {
     match entry {
-        Entry::Noop => None,
+        Entry::Noop | Entry::Config { .. } => None,
         Entry::Command { payload, .. } => Some(payload.to_vec()),
     }
 }

@@ -56,6 +56,18 @@ impl Driver {
                         .push_back((self.clock.now() + RETRY_INTERVAL, read_id));
                 }
             }
+            Event::MembershipChanged { slot, membership } => {
+                let me = NodeId(self.cfg.id);
+                tracing::info!(
+                    node = self.cfg.id,
+                    round = slot.0,
+                    epoch = membership.epoch,
+                    voters = ?membership.voter_ids().map(|n| n.0).collect::<Vec<_>>(),
+                    learners = ?membership.learner_ids().map(|n| n.0).collect::<Vec<_>>(),
+                    removed = !membership.is_member(me),
+                    "membership changed"
+                );
+            }
             Event::SnapshotNeeded { from, log_start } => {
                 self.request_snapshot(from, log_start);
             }

@@ -195,5 +195,11 @@ pub(super) fn describe_entry(entry: &Entry) -> Option<String> {
             Ok(command) => command.describe(),
             Err(e) => format!("<undecodable command: {e}>"),
         }),
+        Entry::Config { membership, .. } => Some(format!(
+            "membership epoch {}: voters {:?}, learners {:?}",
+            membership.epoch,
+            membership.voter_ids().map(|n| n.0).collect::<Vec<_>>(),
+            membership.learner_ids().map(|n| n.0).collect::<Vec<_>>()
+        )),
     }
 }
