@@ -1,6 +1,6 @@
 //! The replicated database: the seed's per-node dict, made deterministic.
 
-use paxlog_core::{Entry, RequestId, Slot, StateMachine};
+use paxlog_core::{Entry, Membership, RequestId, Slot, StateMachine};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,7 +24,11 @@ pub const DEFAULT_SESSION_EXPIRY_ROUNDS: u64 = 1_000_000;
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 3;
+pub const SNAPSHOT_VERSION: u8 = 4;
+
+/// The image before memberships were replicated: no `membership` field.
+/// Still restorable (the membership is then the bootstrap one).
+const SNAPSHOT_VERSION_V3: u8 = 3;
 
 /// The image written before sessions existed: one record per client, no
 /// `last_used_slot`, no `expired_upto`. Still restorable.
@@ -133,6 +137,11 @@ pub struct KvStore {
     /// The highest `last_used_slot` of any session ever expired; `None` if
     /// none ever did. Monotone, since sessions expire in last-use order.
     expired_upto: Option<Slot>,
+    /// The membership the last chosen `Entry::Config` set (`None`: none was
+    /// applied; the cluster's bootstrap membership governs). Kept here so a
+    /// snapshot records the membership in force where the log it replaces
+    /// ends, as the consensus core needs on restart.
+    membership: Option<Membership>,
     /// Test only (the simulator's planted `dedup-expiry` bug): a client
     /// without a session always runs (and `precheck` lets it through),
     /// whatever its stamp, as before stamps existed. Here rather than in
@@ -149,6 +158,7 @@ impl PartialEq for KvStore {
             && self.applied_upto == other.applied_upto
             && self.sessions == other.sessions
             && self.expired_upto == other.expired_upto
+            && self.membership == other.membership
     }
 }
 
@@ -167,6 +177,7 @@ impl KvStore {
             sessions: HashMap::new(),
             by_use: VecDeque::new(),
             expired_upto: None,
+            membership: None,
             ignore_request_stamps: false,
         }
     }
@@ -270,6 +281,12 @@ impl KvStore {
     #[cfg(test)]
     pub(crate) fn use_queue_len(&self) -> usize {
         self.by_use.len()
+    }
+
+    /// The membership the last applied change set, if any was applied
+    /// (also restored from snapshots).
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
     }
 
     /// The last request seq applied for `client_id`, if its session exists.
@@ -628,6 +645,7 @@ struct SnapshotOut<'a> {
     expired_upto: Option<u64>,
     entries: Vec<(&'a str, String)>,
     sessions: Vec<SnapshotSession>,
+    membership: Option<&'a Membership>,
 }
 
 #[derive(Deserialize)]
@@ -636,6 +654,28 @@ struct SnapshotIn {
     expired_upto: Option<u64>,
     entries: Vec<(String, String)>,
     sessions: Vec<SnapshotSession>,
+    membership: Option<Membership>,
+}
+
+/// A version 3 image: as version 4 without the membership.
+#[derive(Deserialize)]
+struct SnapshotInV3 {
+    applied_upto: u64,
+    expired_upto: Option<u64>,
+    entries: Vec<(String, String)>,
+    sessions: Vec<SnapshotSession>,
+}
+
+impl SnapshotInV3 {
+    fn upgrade(self) -> SnapshotIn {
+        SnapshotIn {
+            applied_upto: self.applied_upto,
+            expired_upto: self.expired_upto,
+            entries: self.entries,
+            sessions: self.sessions,
+            membership: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -682,6 +722,7 @@ impl SnapshotInV2 {
             applied_upto: self.applied_upto,
             expired_upto,
             entries: self.entries,
+            membership: None,
             sessions: self
                 .clients
                 .into_iter()
@@ -725,12 +766,21 @@ impl StateMachine for KvStore {
         let out = match entry {
             // A membership change is the consensus layer's: the store's data
             // and sessions do not change.
-            Entry::Noop | Entry::Config { .. } => ApplyOutput {
+            Entry::Noop => ApplyOutput {
                 slot,
                 duplicate: false,
                 original_slot: None,
                 result: ApplyResult::ok(None),
             },
+            Entry::Config { membership, .. } => {
+                self.membership = Some(membership.clone());
+                ApplyOutput {
+                    slot,
+                    duplicate: false,
+                    original_slot: None,
+                    result: ApplyResult::ok(None),
+                }
+            }
             Entry::Command { id, payload } => self.apply_command(slot, *id, payload),
         };
         self.applied_upto = slot.next();
@@ -769,6 +819,7 @@ impl StateMachine for KvStore {
                 sessions.sort_unstable_by_key(|s| s.client_id);
                 sessions
             },
+            membership: self.membership.as_ref(),
         };
         let mut out = vec![SNAPSHOT_VERSION];
         // Serialising into a Vec cannot fail.
@@ -782,6 +833,7 @@ impl StateMachine for KvStore {
         let (&version, rest) = image.split_first().ok_or_else(|| corrupt("empty image"))?;
         let body = match version {
             SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
+            SNAPSHOT_VERSION_V3 => decode_body::<SnapshotInV3>(rest)?.upgrade(),
             SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?.upgrade(),
             other => return Err(KvError::SnapshotVersion(other)),
         };
@@ -858,6 +910,7 @@ impl StateMachine for KvStore {
         self.sessions = sessions;
         self.by_use = by_use.into();
         self.expired_upto = expired_upto;
+        self.membership = body.membership;
         Ok(())
     }
 }

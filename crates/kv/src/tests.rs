@@ -1243,6 +1243,7 @@ fn restore_rejects_inconsistent_sessions() {
         expired_upto: Option<u64>,
         entries: Vec<(String, String)>,
         sessions: Vec<(u64, u64, u64, u64, Outcome)>,
+        membership: Option<(u64, u64, u64)>,
     }
     #[derive(serde::Serialize, serde::Deserialize)]
     enum Outcome {
@@ -1625,4 +1626,49 @@ fn float_values_are_identical_after_a_snapshot() {
         assert_eq!(live.get("a"), restored.get("a"), "after {command}");
         assert_eq!(live, restored);
     }
+}
+
+#[test]
+fn the_membership_a_change_set_survives_a_snapshot() {
+    use paxlog_core::Membership;
+    let mut s = KvStore::default();
+    assert_eq!(s.membership(), None);
+    let m = Membership {
+        epoch: 1,
+        voters: 0b111,
+        learners: 0b1000,
+    };
+    let out = s.apply(
+        Slot(0),
+        &Entry::Config {
+            id: RequestId {
+                client_id: 1,
+                seq: 1,
+            },
+            membership: m.clone(),
+        },
+    );
+    assert!(!out.duplicate);
+    assert_eq!(s.applied_upto(), Slot(1));
+    assert_eq!(s.membership(), Some(&m));
+    let image = s.snapshot();
+    let mut restored = KvStore::default();
+    restored.restore(&image).unwrap();
+    assert_eq!(restored.membership(), Some(&m));
+    assert_eq!(restored, s);
+    // A version 3 image (no membership) still restores, with none.
+    let mut v3 = vec![3u8];
+    v3.extend(
+        postcard::to_allocvec(&(
+            1u64,
+            None::<u64>,
+            Vec::<(String, String)>::new(),
+            Vec::<u8>::new(),
+        ))
+        .unwrap(),
+    );
+    let mut old = KvStore::default();
+    old.restore(&v3).unwrap();
+    assert_eq!(old.membership(), None);
+    assert_eq!(old.applied_upto(), Slot(1));
 }

@@ -67,6 +67,9 @@ pub async fn run_node(
     let mut core_cfg = CoreConfig::new(NodeId(cfg.id), cfg.peers.len() as u32);
     core_cfg.heartbeat_interval_ticks = cfg.heartbeat_ticks;
     core_cfg.election_timeout_ticks = cfg.election_ticks;
+    // The membership where the log begins: the snapshot's, if a change was
+    // ever applied; else the bootstrap one (every listed peer votes).
+    core_cfg.membership = kv.membership().cloned();
     let seed = RandomState::new().build_hasher().finish();
     let replica = Replica::new(core_cfg, durable, seed);
 

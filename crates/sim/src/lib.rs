@@ -800,7 +800,9 @@ impl Simulation {
             let durable_promise = io.disk.durable_promise_high_water;
             io.restart(durable.clone(), io_seed);
             drop(io);
-            let replica = Replica::new(config_for(&self.options, me), durable, replica_seed);
+            let mut core_cfg = config_for(&self.options, me);
+            core_cfg.membership = kv.membership().cloned();
+            let replica = Replica::new(core_cfg, durable, replica_seed);
             if replica.promised() < durable_promise {
                 self.checker.violation(format!(
                     "promise monotonicity: {me} restarted with promise {} below the {} it made durable",

@@ -226,7 +226,11 @@ impl Driver {
             let _ = self.replica.install_snapshot(slot);
             return self.snapshot_installed(from, slot, previous_round, image_len);
         }
-        if !self.replica.install_snapshot(slot) {
+        // The membership in force where the snapshot ends travels in it.
+        if !self
+            .replica
+            .install_snapshot_with(slot, restored.membership().cloned())
+        {
             tracing::info!(
                 node = self.cfg.id,
                 round = slot.0,
