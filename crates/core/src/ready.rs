@@ -22,12 +22,15 @@
 //! ballot again and could propose a second value at `(ballot, slot)`, which
 //! followers that learn from the commit index would take as chosen.
 //!
-//! In a cluster of more than one replica, step 3 may come first: an entry is
+//! In a cluster of more than one voter, step 3 may come first: an entry is
 //! handed out for application only once it is chosen, that is once a quorum
 //! made it durable, and a leader counts its own vote only while processing a
 //! follower's reply, which happens after the `Ready` that carried its own
-//! accept was synced. With a single replica its own vote is the quorum, so
-//! the entries must wait for this `Ready`'s sync.
+//! accept was synced. With a single voter its own vote is the quorum, so
+//! such entries wait for this `Ready`'s sync, and so do its messages, whose
+//! commit index would tell learners a slot is chosen before it is durable
+//! (`apply_waits_for_sync`; the simulator found this with a voter and a
+//! learner).
 
 use crate::message::{Envelope, Message};
 use crate::types::{Ballot, Entry, NodeId, RequestId, Slot};
@@ -153,6 +156,10 @@ pub struct Ready {
     /// No message of this `Ready` may leave before its records are durable
     /// (it raises this replica's promise: see the module comment).
     pub messages_wait_for_sync: bool,
+    /// Some entry in `apply` was chosen counting this replica's own accept
+    /// of this `Ready` (a single voter, as after membership changes down to
+    /// one, or a one-replica cluster): apply only after the fsync.
+    pub apply_waits_for_sync: bool,
 }
 
 impl Ready {

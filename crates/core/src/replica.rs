@@ -386,6 +386,10 @@ pub struct Replica {
     /// Invariant violations seen locally (only with `bugs` on; otherwise a
     /// violation panics).
     violations: Vec<String>,
+    /// Slots this replica accepted in the `Ready` being built (not durable
+    /// yet): a slot chosen with one of these votes counted was chosen by a
+    /// vote that may still be lost (see `Ready::apply_waits_for_sync`).
+    unsynced_accepts: BTreeSet<Slot>,
     out: Ready,
 }
 
@@ -454,6 +458,7 @@ impl Replica {
             recovery: None,
             distrusted: 0,
             violations: Vec::new(),
+            unsynced_accepts: BTreeSet::new(),
             out: Ready::default(),
             cfg,
         };
@@ -609,6 +614,7 @@ impl Replica {
     /// proposals into slots first, so many client commands share one Accept
     /// message and one fsync.
     pub fn ready(&mut self) -> Ready {
+        self.refresh_config_barrier();
         self.flush_proposals();
         self.flush_forwards();
         self.flush_reads();
@@ -631,7 +637,8 @@ impl Replica {
             self.applied_upto
         );
         let mut ready = std::mem::take(&mut self.out);
-        ready.messages_wait_for_sync = !self.cfg.bugs.early_send_at_new_ballot
+        self.unsynced_accepts.clear();
+        ready.messages_wait_for_sync |= !self.cfg.bugs.early_send_at_new_ballot
             && ready
                 .persist
                 .iter()
@@ -779,8 +786,12 @@ impl Replica {
         match &mut self.role {
             RoleState::Follower => {
                 // Learners and removed replicas never campaign.
-                if now >= self.election_deadline_tick && self.is_voter() {
-                    self.start_election();
+                if now >= self.election_deadline_tick {
+                    if self.is_voter() {
+                        self.start_election();
+                    } else {
+                        self.ask_members_for_chosen();
+                    }
                 }
             }
             RoleState::Candidate(c) => {
@@ -1174,6 +1185,7 @@ impl Replica {
                 );
             }
         }
+        self.unsynced_accepts.insert(slot);
         self.out.persist.push(PersistRecord::Accepted {
             slot,
             ballot,
@@ -1346,17 +1358,8 @@ impl Replica {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        if l.config_barrier == Some(slot) {
-            // The next change among the slots in flight, if any (inherited
-            // from Phase 1), is the next barrier.
-            l.config_barrier = None;
-            let next = l
-                .inflight
-                .keys()
-                .copied()
-                .find(|s| *s > slot && self.log.get(s).is_some_and(|x| is_config(&x.entry)));
-            l.config_barrier = next;
-        }
+        let _ = l;
+        self.refresh_config_barrier();
         if !membership.is_voter(me) {
             // Removed, or made a learner: lead no more. The voters elect a
             // leader among themselves (this replica does not campaign).
@@ -1923,6 +1926,12 @@ impl Replica {
         if base.votes_in(granted) < self.quorum_of(base) {
             return Err(0);
         }
+        if c.granted.values().any(|p| p.log_start > self.chosen_upto) {
+            // A voter compacted slots this replica has not learned: the
+            // memberships chosen there are in its snapshot only. Not
+            // without them (the caller abandons this candidacy).
+            return Err(u64::MAX);
+        }
         if self.cfg.bugs.old_config_quorum_only {
             return Ok(());
         }
@@ -1964,6 +1973,26 @@ impl Replica {
             return;
         };
         if let Err(missing) = self.election_quorums_met(c) {
+            if missing == u64::MAX {
+                // Behind a peer's snapshot: catch up first (the snapshot
+                // carries the membership), then campaign again.
+                let from = c
+                    .granted
+                    .iter()
+                    .max_by_key(|(_, p)| p.log_start)
+                    .map(|(peer, p)| (*peer, p.log_start));
+                let t = self.cfg.election_timeout_ticks;
+                let backoff = self.rng.range(0, t);
+                self.become_follower(None);
+                self.reset_election_timer(backoff);
+                if let Some((from, log_start)) = from {
+                    self.out
+                        .events
+                        .push(Event::SnapshotNeeded { from, log_start });
+                    self.snapshot_asked_tick = Some(self.now_tick);
+                }
+                return;
+            }
             // Ask the voters of a newer membership it found, once.
             let new = missing & !c.also_asked;
             let (ballot, chosen_upto) = (c.ballot, self.chosen_upto);
@@ -2113,11 +2142,13 @@ impl Replica {
         // An inherited membership change not yet chosen: nothing after it
         // counts as chosen before it is (the slots after it are governed by
         // it).
-        leader.config_barrier = leader
-            .inflight
-            .keys()
-            .copied()
-            .find(|s| self.log.get(s).is_some_and(|x| is_config(&x.entry)));
+        // (Chosen or not: until the chosen prefix passes it, the slots after
+        // it are counted under a membership this replica does not have.)
+        leader.config_barrier = self
+            .log
+            .range(self.chosen_upto..end)
+            .find(|(_, x)| is_config(&x.entry))
+            .map(|(s, _)| *s);
         self.role = RoleState::Leader(leader);
         self.leader = Some((me, ballot));
         self.out.events.push(Event::LeaderChanged {
@@ -2416,10 +2447,58 @@ impl Replica {
         }
     }
 
+    /// A replica that may not vote heard no leader for an election timeout:
+    /// it may have been made a voter by a change it has not learned is
+    /// chosen (a leader that removed itself stops telling anyone), so it
+    /// asks every member it knows for the chosen slots it lacks. The
+    /// simulator found a cluster whose only voter never learned it was one.
+    fn ask_members_for_chosen(&mut self) {
+        self.reset_election_timer(0);
+        if self.cfg.bugs.no_catch_up {
+            return;
+        }
+        let from_slot = self.chosen_upto;
+        let max_entries = self.cfg.max_entries_per_message as u32;
+        for peer in self.peer_ids().collect::<Vec<_>>() {
+            self.send(
+                peer,
+                Message::CatchUpRequest {
+                    from_slot,
+                    max_entries,
+                },
+            );
+        }
+    }
+
+    /// A leader's barrier is the first membership change at or after the
+    /// chosen prefix among the slots it gave values to. Once the prefix
+    /// passed it (chosen in order, or jumped by a snapshot), the next one.
+    fn refresh_config_barrier(&mut self) {
+        let chosen_upto = self.chosen_upto;
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        let Some(barrier) = l.config_barrier else {
+            return;
+        };
+        if barrier >= chosen_upto {
+            return;
+        }
+        let next = self
+            .log
+            .range(chosen_upto..l.next_slot)
+            .find(|(_, x)| is_config(&x.entry))
+            .map(|(s, _)| *s);
+        if let RoleState::Leader(l) = &mut self.role {
+            l.config_barrier = next;
+        }
+    }
+
     /// Marks chosen every slot in flight that a majority of the voters of
     /// its membership accepted at our ballot (with a single voter, our own
     /// accept). Slots after an unchosen membership change wait for it.
     fn choose_inflight(&mut self) {
+        self.refresh_config_barrier();
         loop {
             let RoleState::Leader(l) = &self.role else {
                 return;
@@ -2436,6 +2515,14 @@ impl Replica {
             }
             if newly.is_empty() {
                 return;
+            }
+            if newly.iter().any(|s| self.unsynced_accepts.contains(s)) {
+                // Chosen with our own vote of this very Ready (a single
+                // voter, say): not a fact until it is durable. Nothing may
+                // tell anyone (a learner would apply it from the commit
+                // index) and nothing is applied before the fsync.
+                self.out.apply_waits_for_sync = true;
+                self.out.messages_wait_for_sync = true;
             }
             if let RoleState::Leader(l) = &mut self.role {
                 for slot in &newly {

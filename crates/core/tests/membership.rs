@@ -269,3 +269,54 @@ fn a_candidate_needs_a_majority_of_every_membership_it_re_proposes() {
 fn with_the_old_majority_only_an_acknowledged_write_is_lost() {
     let _ = two_changes_then_a_leader_who_knows_only_the_first(true);
 }
+
+/// Found by the simulator: one voter and a learner. The voter chooses a
+/// slot with its own accept of the same `Ready`; were the commit index to
+/// leave before that `Ready` is durable, the learner would apply a slot the
+/// voter forgets if it dies before the fsync.
+#[test]
+fn a_single_voter_tells_nobody_a_slot_is_chosen_before_its_own_accept_is_durable() {
+    let mut c = cluster(2, 1, 46);
+    c.elect(0);
+    change(&mut c, 0, membership(1, &[0], &[1]));
+    let before = c.r(1).chosen_upto();
+    c.pause_sync(0);
+    c.propose(0, "not yet durable");
+    c.run_until_quiet();
+    assert_eq!(c.r(1).chosen_upto(), before, "the learner learned it early");
+    c.crash(0);
+    c.restart(0);
+    c.elect(0);
+    write(&mut c, 0, "after");
+    let at = before;
+    assert_eq!(c.r(1).chosen_entry(at).and_then(payload_of), cmd("after"));
+}
+
+/// A learner promoted, then the leader removes itself: the one voter left
+/// leads. (The case where that voter has not even learned its promotion,
+/// which the simulator found, is replayed in `crates/sim/tests/seeds.rs`.)
+#[test]
+fn the_only_voter_left_learns_it_is_one_and_leads() {
+    let mut c = cluster(2, 1, 47);
+    c.elect(0);
+    change(&mut c, 0, membership(1, &[0], &[1]));
+    change(&mut c, 0, membership(2, &[0, 1], &[]));
+    // n0 removes itself; n1's acceptance reaches n0, but no commit index
+    // reaches n1 afterwards.
+    let id = c.next_id(0);
+    c.nodes[0]
+        .r_mut()
+        .propose_config(id, membership(3, &[1], &[]))
+        .unwrap();
+    c.collect(0);
+    c.deliver_matching(|e| matches!(e.message, Message::Accept { .. }));
+    c.cut_link(0, 1);
+    c.run_until_quiet();
+    assert!(c.r(0).membership().is_voter(n(1)) && !c.r(0).membership().is_voter(n(0)));
+    assert!(!c.r(1).membership().is_voter(n(1)) || c.r(1).membership().is_voter(n(0)));
+    c.heal_all();
+    c.tick_until(40 * T, "n1 learns the change and leads", |c| {
+        c.r(1).role() == Role::Leader
+    });
+    write(&mut c, 1, "led by n1");
+}

@@ -201,6 +201,13 @@ pub struct SimOptions {
     /// The 3- or 5-replica size the seed drew before any override: the
     /// planted-bug seeds were found on those.
     pub nodes_drawn: u32,
+    /// Replicas started empty beside the cluster, not members: membership
+    /// changes add them (as learners first), promote, demote and remove
+    /// replicas. Ids are never reused: a removed replica is not added again.
+    pub spares: u32,
+    /// Chance per tick (per 100k) that the operator asks the leader for a
+    /// membership change (0: the membership never changes).
+    pub membership_change_per_100k: u64,
 }
 
 impl SimOptions {
@@ -250,6 +257,16 @@ impl SimOptions {
         faults.connection_reset_per_100k = [0, 0, 100, 500][load_rng.range(0, 4) as usize];
         faults.max_frame_bytes = [0, 0, 0, 512, 2048][load_rng.range(0, 5) as usize];
         faults.clock_jump_per_100k = [0, 0, 0, 100, 400][load_rng.range(0, 5) as usize];
+        // Membership changes: a stream of their own (no other draw moved).
+        let mut member_rng = SplitMix64::new(seed ^ 0x3E3B_E125);
+        let (spares, membership_change_per_100k) = if member_rng.chance(1, 4) {
+            (
+                member_rng.range(1, 3) as u32,
+                [300, 1000][member_rng.range(0, 2) as usize],
+            )
+        } else {
+            (0, 0)
+        };
         let mut snapshot_rng = SplitMix64::new(seed ^ 0x5AA9_5407);
         if snapshot_rng.chance(1, 3) {
             faults.snapshot_every_slots_by_node = Some(
@@ -275,7 +292,14 @@ impl SimOptions {
             nodes_drawn,
             skip_catch_up_after_stall: false,
             driver_bugs: DriverBugs::default(),
+            spares,
+            membership_change_per_100k,
         }
+    }
+
+    /// Every replica the run starts: the cluster and the spares.
+    pub fn total_nodes(&self) -> u32 {
+        self.nodes + self.spares
     }
 }
 
@@ -304,6 +328,10 @@ pub struct FaultCounts {
     /// Dropped at the sender for encoding over the frame limit.
     pub oversized_drops: u64,
     pub clock_jumps: u64,
+    /// Membership changes the leader accepted to place, and the epoch the
+    /// run ended at (the changes chosen).
+    pub membership_changes_placed: u64,
+    pub membership_epoch: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -448,6 +476,9 @@ pub struct Simulation {
     next_client_id: u64,
     request_expired: u64,
     sessions_expired: u64,
+    /// Replicas that were ever members (ids are not reused).
+    ever_members: u64,
+    next_change_seq: u64,
     /// Send-time checks report once per replica and kind, so that one early
     /// send per election does not end the run before its consequences.
     send_violations_reported: std::collections::BTreeSet<(usize, &'static str)>,
@@ -480,14 +511,16 @@ impl Simulation {
         let mut rng = SplitMix64::new(options.seed);
         // Only an anchor: every decision depends on simulated time alone.
         let base = std::time::Instant::now();
-        let nodes = (0..options.nodes)
+        let nodes = (0..options.total_nodes())
             .map(|i| {
                 let skew = {
                     let max = options.faults.max_clock_skew_per_mille;
                     rng.range(0, 2 * max + 1) as i64 - max as i64
                 };
                 let mut io = NodeIo::new(NodeId(i), base, rng.next_u64(), MAX_SNAPSHOT_BYTES);
-                io.quorum_is_self = options.nodes == 1;
+                // With one voter (which membership changes can also leave),
+                // a chosen mark in a failed batch chose nothing.
+                io.quorum_is_self = options.nodes == 1 || options.spares > 0;
                 SimNode {
                     io: Arc::new(Mutex::new(io)),
                     driver: None,
@@ -514,7 +547,7 @@ impl Simulation {
             })
             .collect();
         Simulation {
-            network: Network::new(options.nodes, &options.faults),
+            network: Network::new(options.total_nodes(), &options.faults),
             checker: Checker::new(options.nodes),
             rng,
             workload_rng: SplitMix64::new(options.seed ^ 0x0DE1_E7ED),
@@ -528,6 +561,8 @@ impl Simulation {
             next_client_id: FIRST_CLIENT_ID + clients.len() as u64,
             request_expired: 0,
             sessions_expired: 0,
+            ever_members: paxlog_core::Membership::initial(options.nodes).members_mask(),
+            next_change_seq: 0,
             send_violations_reported: Default::default(),
             clients,
             options,
@@ -579,6 +614,7 @@ impl Simulation {
             }
             self.faults.recoveries += lock(&node.io).recoveries;
         }
+        self.faults.membership_epoch = self.newest_membership().epoch;
         let load = self.network.load_counts();
         self.faults.queue_full_drops = load.queue_full;
         self.faults.connection_resets = load.resets;
@@ -605,7 +641,7 @@ impl Simulation {
 
     fn inject_faults(&mut self) {
         let f = self.options.faults.clone();
-        let n = self.options.nodes;
+        let n = self.options.total_nodes();
         if self.now_tick >= self.partition_until && self.network.is_partitioned() {
             self.network.heal();
         }
@@ -639,6 +675,13 @@ impl Simulation {
             lock(&self.nodes[victim].io).elapsed += Duration::from_millis(jump_ticks * TICK_MS);
             self.faults.clock_jumps += 1;
         }
+        if self.options.membership_change_per_100k > 0
+            && self
+                .rng
+                .chance(self.options.membership_change_per_100k, 100_000)
+        {
+            self.change_membership();
+        }
         if f.stall_per_100k > 0 && self.rng.chance(f.stall_per_100k, 100_000) {
             let victim = self.pick_victim();
             let node = &mut self.nodes[victim];
@@ -651,11 +694,90 @@ impl Simulation {
         }
     }
 
+    /// The operator asks the leader for one membership change, drawn among
+    /// those that may follow its current membership: add a spare as a
+    /// learner, promote or demote one, remove a learner or a voter (never
+    /// the last). The leader may refuse (a change in flight): nothing then.
+    fn change_membership(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let index = leader.0 as usize;
+        let Some(driver) = self.nodes[index].driver.as_ref() else {
+            return;
+        };
+        let current = driver.replica().membership().clone();
+        let total = self.options.total_nodes();
+        let mut options: Vec<paxlog_core::Membership> = Vec::new();
+        let next = |voters: u64, learners: u64| paxlog_core::Membership {
+            epoch: current.epoch + 1,
+            voters,
+            learners,
+        };
+        for i in 0..total {
+            let b = 1u64 << i;
+            if self.ever_members & b == 0 {
+                options.push(next(current.voters, current.learners | b));
+            } else if current.learners & b != 0 {
+                options.push(next(current.voters | b, current.learners & !b));
+                options.push(next(current.voters, current.learners & !b));
+            } else if current.voters & b != 0 && current.voter_count() > 1 {
+                options.push(next(current.voters & !b, current.learners | b));
+                options.push(next(current.voters & !b, current.learners));
+            }
+        }
+        if options.is_empty() {
+            return;
+        }
+        let pick = options.swap_remove(self.rng.range(0, options.len() as u64) as usize);
+        self.next_change_seq += 1;
+        let id = RequestId {
+            client_id: u64::MAX - 1,
+            seq: self.next_change_seq,
+        };
+        let added = pick.members_mask();
+        let mut placed = false;
+        self.step(index, |driver, _| {
+            driver.begin_turn();
+            placed = driver.propose_membership(id, pick).is_ok();
+            driver.end_turn()
+        });
+        if placed {
+            self.ever_members |= added;
+            self.faults.membership_changes_placed += 1;
+        }
+    }
+
+    /// Where a client sends a request: a member of the cluster as it
+    /// knows it (the newest membership), now and then any replica (a
+    /// removed one, or one not added yet, refuses at once).
+    fn client_target(&mut self) -> usize {
+        let total = self.options.total_nodes();
+        if self.options.spares == 0 || self.rng.chance(1, 10) {
+            return self.rng.range(0, u64::from(total)) as usize;
+        }
+        let members: Vec<usize> = paxlog_core::ids_of(self.newest_membership().members_mask())
+            .map(|n| n.0 as usize)
+            .filter(|i| *i < total as usize)
+            .collect();
+        members[self.rng.range(0, members.len() as u64) as usize]
+    }
+
+    /// The newest membership any running replica knows of.
+    fn newest_membership(&self) -> paxlog_core::Membership {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.driver.as_ref())
+            .map(|d| d.replica().membership().clone())
+            .max_by_key(|m| m.epoch)
+            .unwrap_or_else(|| paxlog_core::Membership::initial(self.options.nodes))
+    }
+
     /// The leader half the time, else anyone.
     fn pick_victim(&mut self) -> usize {
         match self.current_leader() {
             Some(leader) if self.rng.chance(1, 2) => leader.0 as usize,
-            _ => self.rng.range(0, u64::from(self.options.nodes)) as usize,
+            _ => self.rng.range(0, u64::from(self.options.total_nodes())) as usize,
         }
     }
 
@@ -695,7 +817,11 @@ impl Simulation {
         // A single replica that lost its disk lost the cluster's state:
         // there is nobody to recover from (it waits for the operator).
         let lose = disk_loss > 0
-            && self.options.nodes > 1
+            && self.newest_membership().voter_count() > 1
+            // A replica whose disk is gone knows only the bootstrap
+            // membership; recovering against it after changes is not built
+            // yet (the join flow of issue 13).
+            && self.options.membership_change_per_100k == 0
             && self.now_tick <= self.options.fault_ticks
             && !others_recovering
             && self.rng.chance(disk_loss, 1000);
@@ -731,7 +857,7 @@ impl Simulation {
 
     fn node_config(&self, index: usize) -> NodeConfig {
         let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let peers = (0..self.options.nodes)
+        let peers = (0..self.options.total_nodes())
             .map(|i| addr(7000 + i as u16))
             .collect();
         let mut cfg = NodeConfig::new(
@@ -981,7 +1107,7 @@ impl Simulation {
         for message in violations {
             self.checker.violation(message);
         }
-        let lucky = self.rng.range(0, u64::from(self.options.nodes)) as u32;
+        let lucky = self.rng.range(0, u64::from(self.options.total_nodes())) as u32;
         for (n, (to, wire)) in outbox.into_iter().enumerate() {
             if failed == Some(CrashKind::AfterWin) && n >= before_sync && to != lucky {
                 continue;
@@ -1197,7 +1323,7 @@ impl Simulation {
     }
 
     fn start_read(&mut self, c: usize) {
-        let target = self.rng.range(0, u64::from(self.options.nodes)) as usize;
+        let target = self.client_target();
         let key = workload::draw_read_key(&mut self.rng);
         if self.nodes[target].driver.is_none() {
             self.clients[c].state = ClientState::Idle {
@@ -1231,7 +1357,7 @@ impl Simulation {
     /// would: the driver stamps it, answers it from the session table or
     /// proposes it.
     fn submit(&mut self, c: usize) {
-        let target = self.rng.range(0, u64::from(self.options.nodes)) as usize;
+        let target = self.client_target();
         let retry_tick = self.now_tick + self.rng.range(1, 20);
         if self.nodes[target].driver.is_none() {
             self.clients[c].state = ClientState::Idle {
@@ -1409,6 +1535,14 @@ impl Simulation {
 
     fn deliver_messages(&mut self) {
         for (from, to, wire) in self.network.take_due(self.now_tick) {
+            if std::env::var("SIMTRACE").is_ok() && self.now_tick > 5000 && self.now_tick < 5030 {
+                let s = format!("{wire:?}");
+                eprintln!(
+                    "TRACE t{} {from}->{to} {}",
+                    self.now_tick,
+                    &s[..s.len().min(250)]
+                );
+            }
             let node = &mut self.nodes[to];
             if node.driver.is_some() && node.peer_inbox.len() < MAX_QUEUED_PEER_MESSAGES {
                 node.peer_inbox.push_back((from as u32, wire));
@@ -1448,7 +1582,12 @@ impl Simulation {
             return false;
         }
         let mut applied = None;
-        for node in &self.nodes {
+        let members = self.newest_membership().members_mask();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if members & (1 << i) == 0 {
+                // Removed, or never added: it stops learning.
+                continue;
+            }
             let Some(driver) = &node.driver else {
                 return false;
             };
@@ -1483,12 +1622,38 @@ impl Simulation {
                     d.replica().promised(),
                     d.replica().leader(),
                     d.replica().status().recovering,
-                    d.replica().distrusted_peers(),
+                    (
+                        d.replica().distrusted_peers(),
+                        d.replica().membership(),
+                        d.replica().status().next_slot,
+                        d.replica().status().pending_proposals,
+                        d.replica().status().inflight_slots,
+                    ),
                 ),
                 None => format!("n{i} down"),
             })
             .collect();
-        format!("{pending} client requests pending; {}", nodes.join(", "))
+        let states: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|c| c.current.is_some())
+            .map(|c| match &c.state {
+                ClientState::Idle { next_tick } => format!("idle until {next_tick}"),
+                ClientState::Waiting {
+                    node,
+                    deadline_tick,
+                    ..
+                } => {
+                    format!("waiting on {node} until {deadline_tick}")
+                }
+                ClientState::Reading { node, .. } => format!("reading at {node}"),
+            })
+            .collect();
+        format!(
+            "{pending} client requests pending ({}); {}",
+            states.join(", "),
+            nodes.join(", ")
+        )
     }
 
     fn final_checks(&mut self, converged: bool) {
@@ -1500,13 +1665,17 @@ impl Simulation {
             }
         }
         if converged {
-            // Every replica is up and has applied the same rounds: the same
+            // Every member is up and has applied the same rounds: the same
             // state, and counters that grew once per increment that ran.
+            let members = self.newest_membership().members_mask();
             for (i, node) in self.nodes.iter().enumerate() {
                 let me = NodeId(i as u32);
                 let Some(driver) = &node.driver else {
                     continue;
                 };
+                if members & (1 << i) == 0 {
+                    continue;
+                }
                 let kv = driver.kv();
                 self.checker
                     .state_at(me, kv.applied_upto(), digest(&kv.snapshot()));
@@ -1612,6 +1781,9 @@ pub enum Bug {
     /// ignores its refusal: applies handed out below the snapshot land on
     /// it (applied prefix).
     SnapshotInstallRace,
+    /// A candidate counts a majority of the membership at its chosen
+    /// prefix only, not of the changes it re-proposes (agreement).
+    OldConfigQuorum,
 }
 
 impl SimOptions {
@@ -1626,6 +1798,8 @@ impl SimOptions {
             self.faults.connection_reset_per_100k = 0;
             self.faults.max_frame_bytes = 0;
             self.faults.clock_jump_per_100k = 0;
+            self.spares = 0;
+            self.membership_change_per_100k = 0;
         }
         match bug {
             None => {}
@@ -1667,6 +1841,13 @@ impl SimOptions {
             }
             Some(Bug::SnapshotInstallRace) => {
                 self.driver_bugs.install_snapshot_unchecked = true;
+            }
+            Some(Bug::OldConfigQuorum) => {
+                self.bugs.old_config_quorum_only = true;
+                self.spares = 2;
+                self.membership_change_per_100k = 5000;
+                self.faults.crash_per_100k = self.faults.crash_per_100k.max(600);
+                self.faults.partition_per_100k = self.faults.partition_per_100k.max(1000);
             }
         }
         self.bugs.record_violations = bug.is_some();

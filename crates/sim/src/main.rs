@@ -80,6 +80,8 @@ fn main() -> ExitCode {
         f.reset_drops += report.faults.reset_drops;
         f.oversized_drops += report.faults.oversized_drops;
         f.clock_jumps += report.faults.clock_jumps;
+        f.membership_changes_placed += report.faults.membership_changes_placed;
+        f.membership_epoch += report.faults.membership_epoch;
         sizes[report.nodes.clamp(1, 5) as usize - 1] += 1;
         if !report.violations.is_empty() {
             eprintln!(
@@ -96,7 +98,7 @@ fn main() -> ExitCode {
         "seeds {} | ticks {} | steps {} | commands committed {} | reads checked {} | slots {} | leader changes {} | \
          sessions expired {} request_expired answers {} residual first-request re-runs {} | \
          faults: dropped {} duplicated {} partitions {} crashes {} (after winning {}) torn writes {} fsync errors {} stalls {} stale deliveries {} disks lost {} synced tails cut {} (recovered {}) snapshots taken {} installed {} \
-         queue-full drops {} connection resets {} (messages lost {}) oversized frames {} clock jumps {} | \
+         queue-full drops {} connection resets {} (messages lost {}) oversized frames {} clock jumps {} membership changes placed {} (chosen {}) | \
          cluster sizes 1-5: {:?} | violations {} | {:.1}s",
         args.seeds,
         totals.ticks,
@@ -127,6 +129,8 @@ fn main() -> ExitCode {
         f.reset_drops,
         f.oversized_drops,
         f.clock_jumps,
+        f.membership_changes_placed,
+        f.membership_epoch,
         sizes,
         failed.len(),
         started.elapsed().as_secs_f64()

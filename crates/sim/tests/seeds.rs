@@ -38,7 +38,7 @@ fn correct_protocol_has_no_violations_over_300_seeds() {
 #[test]
 fn the_sweep_exercises_the_runtime_faults() {
     let (mut stalls, mut fsync_errors, mut stale, mut installed, mut reads) = (0, 0, 0, 0, 0);
-    let (mut queue_full, mut resets, mut jumps) = (0, 0, 0);
+    let (mut queue_full, mut resets, mut jumps, mut changes) = (0, 0, 0, 0);
     let mut sizes = std::collections::BTreeSet::new();
     for seed in 0..100 {
         let report = Simulation::new(SimOptions::from_seed(seed)).run();
@@ -50,6 +50,7 @@ fn the_sweep_exercises_the_runtime_faults() {
         queue_full += report.faults.queue_full_drops;
         resets += report.faults.connection_resets;
         jumps += report.faults.clock_jumps;
+        changes += report.faults.membership_epoch;
         sizes.insert(report.nodes);
     }
     assert!(
@@ -58,8 +59,9 @@ fn the_sweep_exercises_the_runtime_faults() {
          snapshots installed {installed} reads {reads}"
     );
     assert!(
-        queue_full > 0 && resets > 0 && jumps > 0,
-        "queue-full drops {queue_full} connection resets {resets} clock jumps {jumps}"
+        queue_full > 0 && resets > 0 && jumps > 0 && changes > 0,
+        "queue-full drops {queue_full} connection resets {resets} clock jumps {jumps} \
+         membership changes chosen {changes}"
     );
     assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
 }
@@ -204,17 +206,17 @@ fn read_checker_catches_a_stale_lease_after_a_stall() {
 /// A retried `del` whose first attempt ran (and was applied at the replica
 /// the retry reached while it waited for its read barrier) is refused by
 /// the dry run as "nothing written" when the driver skips its second
-/// duplicate check. The rejected-but-executed checker catches it at seed 21
-/// (the first in 0..200 since promises come in pages; also 28, 30, 33,
-/// ...), which runs clean with the check in place.
+/// duplicate check. The rejected-but-executed checker catches it at seed 28
+/// (the first in 0..200 since snapshots record the membership; also 30,
+/// 33, 45, ...), which runs clean with the check in place.
 #[test]
 fn rejected_but_executed_checker_catches_a_retry_refused_after_its_barrier() {
-    let (_, found) = violations_over(21..22, Some(Bug::RetryAfterBarrier));
+    let (_, found) = violations_over(28..29, Some(Bug::RetryAfterBarrier));
     assert!(
         found.iter().any(|v| v.contains("rejected but executed")),
         "found: {found:#?}"
     );
-    let mut options = SimOptions::from_seed(21).with_bug(Some(Bug::RetryAfterBarrier));
+    let mut options = SimOptions::from_seed(28).with_bug(Some(Bug::RetryAfterBarrier));
     options.driver_bugs = Default::default();
     let report = Simulation::new(options).run();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
@@ -249,4 +251,40 @@ fn a_seed_replays_exactly() {
         (a.steps, a.committed, a.slots),
         (b.steps, b.committed, b.slots)
     );
+}
+
+/// Membership changes (issue 13): a candidate that counts a majority of the
+/// membership at its chosen prefix only, not of the changes it re-proposes,
+/// can win with replicas that share nobody with the majority that chose a
+/// value after two changes it has not learned. Seed 1598 (the first in
+/// 0..3000 with the bug's fast changes and partitions; also 606) catches it
+/// with the agreement checker, and runs clean without the bug.
+#[test]
+fn agreement_checker_catches_a_candidate_counting_the_old_membership_only() {
+    let (_, found) = violations_over(1598..1599, Some(Bug::OldConfigQuorum));
+    assert!(
+        found.iter().any(|v| v.contains(": agreement: ")),
+        "found: {found:#?}"
+    );
+    let mut options = SimOptions::from_seed(1598).with_bug(Some(Bug::OldConfigQuorum));
+    options.bugs.old_config_quorum_only = false;
+    options.bugs.record_violations = false;
+    let report = Simulation::new(options).run();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+/// Found with fast membership changes (the options of `--bug
+/// old-config-quorum`, with the bug off), seed 1086: the leader removed
+/// itself, and the only voter left had not learned that the changes making
+/// it one were chosen (its newest known membership had it a learner), so
+/// it never campaigned and nothing told it. A
+/// replica that may not vote and hears no leader now asks the members for
+/// the chosen slots it lacks.
+#[test]
+fn the_only_voter_learns_it_is_one_after_losing_its_chosen_marks() {
+    let mut options = SimOptions::from_seed(1086).with_bug(Some(Bug::OldConfigQuorum));
+    options.bugs.old_config_quorum_only = false;
+    options.bugs.record_violations = false;
+    let report = Simulation::new(options).run();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }

@@ -362,6 +362,32 @@ impl Driver {
         &self.replica
     }
 
+    /// Why this replica takes no writes or linearizable reads, if it is no
+    /// member of the newest membership it knows (removed, or a new replica
+    /// not added yet): a client should go to a member at once rather than
+    /// wait for a timeout.
+    pub(super) fn not_a_member(&self) -> Option<String> {
+        let me = NodeId(self.cfg.id);
+        let membership = self.replica.membership();
+        (!membership.is_member(me)).then(|| {
+            format!(
+                "replica {} is not a member of the cluster (membership epoch {}): send requests to a member",
+                self.cfg.id, membership.epoch
+            )
+        })
+    }
+
+    /// Places a membership change in the log (this replica must lead).
+    /// Within a turn: its messages and records go out with the turn's
+    /// `Ready`. The change's outcome shows in the applied log.
+    pub fn propose_membership(
+        &mut self,
+        id: paxlog_core::RequestId,
+        membership: paxlog_core::Membership,
+    ) -> Result<Slot, paxlog_core::ConfigChangeError> {
+        self.replica.propose_config(id, membership)
+    }
+
     /// The database, for status and checks.
     pub fn kv(&self) -> &KvStore {
         &self.kv
@@ -388,11 +414,12 @@ impl Driver {
                 self.transport
                     .send(envelope.to.0, Wire::Core(envelope.message));
             }
-            // Chosen entries are facts (a quorum made them durable), so with
-            // more than one replica they are applied and answered before
-            // this turn's fsync, which covers only newer records.
+            // Chosen entries are facts (a quorum made them durable), so
+            // unless our own vote of this turn was needed for one they are
+            // applied and answered before this turn's fsync, which covers
+            // only newer records.
             let mut apply = Some(ready.apply);
-            if self.replica.config().cluster_size > 1 {
+            if !ready.apply_waits_for_sync {
                 for (slot, entry) in apply.take().into_iter().flatten() {
                     self.apply(slot, &entry);
                 }
@@ -433,7 +460,7 @@ impl Driver {
                 self.transport
                     .send(envelope.to.0, Wire::Core(envelope.message));
             }
-            // 3. A single replica's own vote is the quorum: apply only now.
+            // 3. Our own vote of this turn chose some: apply only now.
             for (slot, entry) in apply.into_iter().flatten() {
                 self.apply(slot, &entry);
             }

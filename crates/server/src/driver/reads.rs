@@ -9,6 +9,12 @@ impl Driver {
             self.answer(request.query);
             return;
         }
+        if request.consistency == Consistency::Linearizable {
+            if let Some(why) = self.not_a_member() {
+                request.query.fail(DriverError::unavailable(why));
+                return;
+            }
+        }
         match request.consistency {
             Consistency::Local => self.answer(request.query),
             Consistency::MinRound(round) => {

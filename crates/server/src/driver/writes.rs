@@ -13,6 +13,10 @@ impl Driver {
             let _ = request.reply.send(Err(DriverError::InFlight(request.id)));
             return;
         }
+        if let Some(why) = self.not_a_member() {
+            let _ = request.reply.send(Err(DriverError::unavailable(why)));
+            return;
+        }
         // The stamp: this replica's applied round when it first took the
         // request. Any earlier execution of the same request lies at or
         // after it, so the store can tell a retry whose session expired
