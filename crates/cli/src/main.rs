@@ -35,6 +35,15 @@ struct Cli {
     command: Verb,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MemberVerb {
+    List,
+    Add,
+    Promote,
+    Demote,
+    Remove,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -44,7 +53,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Verb {
     /// Run one replica.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a local cluster (3 replicas by default) on this machine.
     Cluster(ClusterArgs),
     /// Set KEY to VALUE (JSON, or else taken as a string).
@@ -99,6 +108,17 @@ enum Verb {
     },
     /// A replica's status (role, leader, rounds, peers).
     Status {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// The cluster's members (`list`), or one change: `add ID` (as a
+    /// learner), `promote ID` (learner to voter), `demote ID`, `remove ID`.
+    /// Changes go to the leader (endpoints are tried until it answers).
+    Member {
+        #[arg(value_enum)]
+        action: MemberVerb,
+        /// The replica's id (its position in --peers).
+        id: Option<u32>,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -252,6 +272,11 @@ struct NodeArgs {
     /// for an empty folder; ignored once it holds data.
     #[arg(long, value_enum, env = "PAXLOG_INITIAL_CLUSTER_STATE")]
     initial_cluster_state: Option<ClusterStateArg>,
+    /// How many of the --peers (the first N) vote in a new cluster; the
+    /// others start outside it until `paxlog member add` adds them.
+    /// Default: all. Must be the same on every replica.
+    #[arg(long, env = "PAXLOG_INITIAL_VOTERS")]
+    initial_voters: Option<u32>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -332,7 +357,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Verb::Node(args) => {
             init_logging(cli.log_format);
-            let cfg = node_config(args)?;
+            let cfg = node_config(*args)?;
             paxlog_server::run_node(cfg, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -397,6 +422,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Verb::Status { endpoints } => client_call(&endpoints, Method::GET, "/status", None).await,
         Verb::Db { endpoints } => client_call(&endpoints, Method::GET, "/db", None).await,
+        Verb::Member {
+            action,
+            id,
+            endpoints,
+        } => {
+            let name = match action {
+                MemberVerb::List => {
+                    return client_call(&endpoints, Method::GET, "/v1/members", None).await
+                }
+                MemberVerb::Add => "add",
+                MemberVerb::Promote => "promote",
+                MemberVerb::Demote => "demote",
+                MemberVerb::Remove => "remove",
+            };
+            let Some(id) = id else {
+                bail!("`paxlog member {name}` needs the replica's id");
+            };
+            let body = serde_json::json!({ "action": name, "id": id });
+            client_call_leader(&endpoints, "/v1/members", body).await
+        }
         Verb::Fetch { round, endpoints } => {
             let path = format!("/fetch?round_id={round}");
             client_call(&endpoints, Method::GET, &path, None).await
@@ -542,6 +587,62 @@ async fn client_call(
     bail!("no endpoint answered:\n  {}", failures.join("\n  "))
 }
 
+/// POSTs `body` to each endpoint in turn until one that is not a follower
+/// answers (a follower says 503 with the leader's id): the leader's answer,
+/// or an error that is not about leadership, decides.
+async fn client_call_leader(endpoints: &Endpoints, path: &str, body: Value) -> Result<ExitCode> {
+    let mut last = None;
+    for endpoint in &endpoints.endpoints {
+        let one = Endpoints {
+            endpoints: vec![endpoint.clone()],
+            token: endpoints.token.clone(),
+            cacert: endpoints.cacert.clone(),
+            client_cert: endpoints.client_cert.clone(),
+            client_key: endpoints.client_key.clone(),
+        };
+        let http = client::new_client(1);
+        let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+        if url.starts_with("http://") && endpoints.token.is_none() {
+            match client::request(
+                &http,
+                Method::POST,
+                &url,
+                &[],
+                Some(Bytes::from(body.to_string())),
+            )
+            .await
+            {
+                Ok(response) if response.status.as_u16() == 503 => {
+                    last = Some(String::from_utf8_lossy(&response.body).into_owned());
+                    continue;
+                }
+                Ok(response) => {
+                    let text = match serde_json::from_slice::<Value>(&response.body) {
+                        Ok(json) => serde_json::to_string_pretty(&json)?,
+                        Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
+                    };
+                    println!("{text}");
+                    return Ok(if response.status.is_success() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+                Err(e) => {
+                    last = Some(format!("{e:#}"));
+                    continue;
+                }
+            }
+        }
+        // TLS or a token: the general path (no leader search).
+        return client_call(&one, Method::POST, path, Some(body.clone())).await;
+    }
+    bail!(
+        "no endpoint took the change (is a leader elected?); last answer: {}",
+        last.unwrap_or_default()
+    )
+}
+
 fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     let mut cfg: Option<NodeConfig> = match &args.config {
         Some(path) => {
@@ -625,6 +726,9 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     }
     if let Some(v) = args.http_peers {
         cfg.http_peers = v;
+    }
+    if let Some(n) = args.initial_voters {
+        cfg.initial_voters = Some(n);
     }
     if let Some(v) = args.initial_cluster_state {
         cfg.initial_cluster_state = Some(match v {

@@ -80,6 +80,11 @@ pub struct NodeConfig {
     /// holds data.
     #[serde(default)]
     pub initial_cluster_state: Option<InitialClusterState>,
+    /// How many of `peers` (the first N) vote in a new cluster; the rest
+    /// are outside it until a membership change adds them. `None`: all.
+    /// Ignored once a membership change was chosen (the log says).
+    #[serde(default)]
+    pub initial_voters: Option<u32>,
     /// Bytes per snapshot chunk sent to a peer; must stay well under the
     /// transport's frame limit. Not a setting: the simulator lowers it to
     /// reach transfers that resume mid-snapshot.
@@ -166,11 +171,20 @@ impl NodeConfig {
             initial_cluster_state: None,
             max_snapshot_bytes: defaults::max_snapshot_bytes(),
             snapshot_chunk_bytes: defaults::snapshot_chunk_bytes(),
+            initial_voters: None,
         }
     }
 
     pub fn validate(&self) -> Result<(), ServerError> {
         let fail = |m: String| Err(ServerError::Config(m));
+        if let Some(n) = self.initial_voters {
+            if n == 0 || n as usize > self.peers.len() {
+                return fail(format!(
+                    "--initial-voters must be 1 to the {} replicas in --peers, got {n}",
+                    self.peers.len()
+                ));
+            }
+        }
         if self.peers.is_empty() || self.peers.len() > 64 {
             return fail(format!(
                 "--peers must list 1 to 64 replica addresses, got {}",

@@ -64,7 +64,8 @@ pub async fn run_node(
         cfg.data_dir.display()
     );
 
-    let mut core_cfg = CoreConfig::new(NodeId(cfg.id), cfg.peers.len() as u32);
+    let voters = cfg.initial_voters.unwrap_or(cfg.peers.len() as u32);
+    let mut core_cfg = CoreConfig::new(NodeId(cfg.id), voters);
     core_cfg.heartbeat_interval_ticks = cfg.heartbeat_ticks;
     core_cfg.election_timeout_ticks = cfg.election_ticks;
     // The membership where the log begins: the snapshot's, if a change was

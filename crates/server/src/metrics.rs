@@ -64,6 +64,7 @@ pub struct Metrics {
     pub snapshot_fallbacks: Counter,
     /// 1 while this replica recovers forgotten state and does not vote.
     pub recovering: Gauge,
+    pub membership_epoch: Gauge,
     /// Peers found reporting another value for a chosen round (an alarm).
     pub peer_conflicts: Counter,
     /// What `/health`, `/ready` and the dashboard read.
@@ -339,6 +340,12 @@ impl Metrics {
             "1 while this replica may have forgotten promises and accepts and recovers them from a majority (it votes in nothing meanwhile)",
             recovering.clone(),
         );
+        let membership_epoch = Gauge::default();
+        registry.register(
+            "membership_epoch",
+            "Membership changes chosen so far (0: the bootstrap membership); equal on every member once they caught up",
+            membership_epoch.clone(),
+        );
         let peer_conflicts = Counter::default();
         registry.register(
             "peer_conflicts",
@@ -348,6 +355,7 @@ impl Metrics {
         Metrics {
             registry,
             recovering,
+            membership_epoch,
             peer_conflicts,
             proposals,
             commits,
@@ -481,6 +489,7 @@ mod tests {
             "paxlog_snapshot_installs_total",
             "paxlog_snapshot_fallbacks_total",
             "paxlog_recovering",
+            "paxlog_membership_epoch",
             "paxlog_peer_conflicts_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

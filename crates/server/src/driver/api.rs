@@ -23,6 +23,13 @@ pub enum DriverError {
         message: String,
         current_round: Option<u64>,
     },
+    /// Only the leader does this; `leader` is the one this replica knows.
+    NotLeader { leader: Option<u32> },
+    /// The request cannot be done as asked (a membership change that may
+    /// not follow the current one, say).
+    Invalid(String),
+    /// Not now: something else is in progress (another membership change).
+    Conflict(String),
 }
 
 impl DriverError {
@@ -37,7 +44,41 @@ impl DriverError {
 pub enum DriverInput {
     Write(WriteRequest),
     Read(ReadRequest),
+    ChangeMembership(MembershipRequest),
     Shutdown,
+}
+
+/// One replica's change of role in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberAction {
+    /// Add a replica as a learner (it receives the log, votes in nothing).
+    Add,
+    /// Make a learner a voter (once it has caught up).
+    Promote,
+    /// Make a voter a learner.
+    Demote,
+    /// Take a replica out of the cluster (a voter or a learner).
+    Remove,
+}
+
+pub struct MembershipRequest {
+    pub action: MemberAction,
+    pub id: u32,
+    pub reply: Reply<MembersReport>,
+    pub deadline: Instant,
+}
+
+/// The membership in force, as this replica knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MembersReport {
+    pub epoch: u64,
+    /// The round the change that set it was chosen at (`None`: the
+    /// bootstrap membership).
+    pub round: Option<u64>,
+    pub voters: Vec<u32>,
+    pub learners: Vec<u32>,
+    pub leader: Option<u32>,
 }
 
 pub struct WriteRequest {
@@ -191,6 +232,7 @@ pub struct NodeStatus {
     /// round this replica knows is chosen.
     pub peer_conflicts: Vec<PeerConflictInfo>,
     pub peers: Vec<PeerInfo>,
+    pub membership: MembersReport,
 }
 
 #[derive(Clone, Serialize)]

@@ -32,6 +32,9 @@ impl Driver {
                 );
             }
             Event::ProposalDropped { id, reason } => {
+                if self.membership_dropped(id) {
+                    return;
+                }
                 if self.writes.contains_key(&id) {
                     let delay = match reason {
                         DropReason::NotLeader | DropReason::Lost => Duration::ZERO,

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 mod api;
 mod events;
 pub mod io;
+mod members;
 mod observe;
 mod reads;
 mod snapshots;
@@ -43,6 +44,7 @@ mod writes;
 
 pub use api::*;
 use io::{Clock, LogStorage, PeerNetwork, SnapshotReceiving, SnapshotStorage};
+pub use members::{MEMBERSHIP_CLIENT_ID, PROMOTE_MAX_LAG_ROUNDS};
 use observe::{AliveGuard, CatchUp};
 use reads::describe_entry;
 use snapshots::IncomingSnapshot;
@@ -113,6 +115,10 @@ pub struct Driver {
     last_snapshot_round: u64,
     incoming_snapshot: Option<IncomingSnapshot>,
     started: Instant,
+    /// The membership change this replica placed and waits to apply.
+    pending_change: Option<members::PendingChange>,
+    /// The round of the last membership change applied here.
+    membership_round: Option<u64>,
     /// Consensus time, counted from the monotonic clock: ticks delivered.
     ticks_done: u64,
     metrics: Arc<Metrics>,
@@ -197,6 +203,8 @@ impl Driver {
             last_snapshot_round,
             incoming_snapshot: None,
             started: now,
+            pending_change: None,
+            membership_round: None,
             ticks_done: 0,
             metrics,
             heard_chosen: 0,
@@ -329,6 +337,7 @@ impl Driver {
         match input {
             DriverInput::Write(request) => self.start_write(request),
             DriverInput::Read(request) => self.start_read(request),
+            DriverInput::ChangeMembership(request) => self.start_membership_change(request),
             DriverInput::Shutdown => return Ok(false),
         }
         Ok(true)
@@ -476,6 +485,9 @@ impl Driver {
     fn apply(&mut self, slot: Slot, entry: &Entry) {
         let output = self.kv.apply(slot, entry);
         self.metrics.commits.inc();
+        if let Entry::Config { id, .. } = entry {
+            self.membership_applied(slot, *id);
+        }
         if let Some(id) = entry.request_id() {
             if let Some(write) = self.writes.remove(&id) {
                 let _ = write.reply.send(Ok(output));

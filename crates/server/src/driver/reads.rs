@@ -189,6 +189,7 @@ impl Driver {
             recovering: report.recovering.clone(),
             peer_conflicts: self.peer_conflicts.clone(),
             peers,
+            membership: self.members_report(),
         }
     }
 }

@@ -24,6 +24,7 @@ impl Driver {
 
     /// Retries, re-proposals, deadlines and snapshot-transfer stalls.
     pub(super) fn on_timers(&mut self) {
+        self.membership_timeouts();
         let now = self.clock.now();
         while let Some(&(at, id)) = self.write_retries.front() {
             if at > now {
@@ -125,6 +126,9 @@ impl Driver {
     }
 
     pub(super) fn fail_everything(&mut self, reason: &str) {
+        if let Some(pending) = self.pending_change.take() {
+            let _ = pending.reply.send(Err(DriverError::unavailable(reason)));
+        }
         for (_, write) in self.writes.drain() {
             let _ = write.reply.send(Err(DriverError::unavailable(reason)));
         }

@@ -6,8 +6,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::driver::{
-    Consistency, DbImage, DriverError, DriverInput, Fetched, Items, KeyValue, Query, ReadRequest,
-    Reply, WriteRequest, MAX_LOG_PAGE,
+    Consistency, DbImage, DriverError, DriverInput, Fetched, Items, KeyValue, MemberAction,
+    MembersReport, MembershipRequest, Query, ReadRequest, Reply, WriteRequest, MAX_LOG_PAGE,
 };
 use crate::metrics::{method_label, Metrics};
 use axum::body::Bytes;
@@ -31,10 +31,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod kv;
+mod members;
 mod observe;
 mod seed;
 
 use kv::*;
+use members::*;
 use observe::*;
 use seed::*;
 
@@ -121,6 +123,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/kv", get(scan))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/cas/{*key}", post(kv_cas))
+        .route("/v1/members", get(members_get).post(members_post))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -203,6 +206,16 @@ impl IntoResponse for DriverError {
                 };
                 error_with(503, message, extra)
             }
+            DriverError::NotLeader { leader } => error_with(
+                503,
+                match leader {
+                    Some(l) => format!("not the leader: send this to the leader, replica {l}"),
+                    None => "no leader is known; retry shortly".to_string(),
+                },
+                json!({ "leader": leader }),
+            ),
+            DriverError::Invalid(message) => error_response(400, message),
+            DriverError::Conflict(message) => error_response(409, message),
         }
     }
 }
@@ -219,7 +232,7 @@ async fn not_found() -> Response {
     error_response(
         404,
         "no such endpoint; see /status, /db, /current, /fetch?round_id=N, POST /command, /v1/kv/KEY, \
-         /metrics, /health, /ready, /cluster, /log?from=N&limit=M, and the dashboard at /",
+         /v1/members, /metrics, /health, /ready, /cluster, /log?from=N&limit=M, and the dashboard at /",
     )
 }
 
