@@ -182,6 +182,16 @@ function stat(k, v, cls) {
   return '<div class="stat"><div class="k">' + esc(k) + '</div><div class="v' + (cls ? " " + cls : "") + '">' + v + "</div></div>";
 }
 
+// This replica's place in the membership it knows: voter, learner, or
+// outside the cluster (removed, or not added yet), with the epoch.
+function membershipRole(s) {
+  const m = s.membership;
+  if (!m) return "–";
+  const role = (m.voters || []).includes(s.id) ? "voter"
+    : (m.learners || []).includes(s.id) ? "learner" : "not a member";
+  return esc(role + " (epoch " + m.epoch + ")");
+}
+
 function card(r, s, leaderRound) {
   const head = (role, label) =>
     '<div class="replica" data-replica-id="' + r.id + '" data-role="' + role + '">' +
@@ -212,6 +222,7 @@ function card(r, s, leaderRound) {
     : "";
   return (s.recovering ? head("recovering", "recovering") : head(s.role, s.role)) + recovering +
     '<div class="stats">' +
+    stat("membership", membershipRole(s)) +
     stat("ballot (promised)", esc(s.promised_ballot)) +
     stat("leader", s.leader === null ? "none" : String(s.leader)) +
     stat("current round", String(s.current_round)) +
