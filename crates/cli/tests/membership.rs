@@ -1,9 +1,9 @@
 //! Membership changes on real processes (issue 13): five replicas listed,
 //! three voting. Under write load the cluster grows to five voters (each
 //! new replica added as a learner, then promoted), then the leader removes
-//! itself and the remaining four elect a new one. No acknowledged write is
-//! lost, every member converges, and the removed replica refuses writes
-//! and says why.
+//! itself and the remaining four elect a new one, and one more is removed
+//! (three voters again). No acknowledged write is lost, every member
+//! converges, and a removed replica refuses writes and says why.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -43,7 +43,7 @@ fn voters(v: &Value) -> Vec<u64> {
 }
 
 #[test]
-fn grow_from_three_to_five_then_remove_the_leader_under_load() {
+fn grow_from_three_to_five_then_shrink_to_three_removing_the_leader_under_load() {
     let mut c = Cluster::new(5, &["--initial-voters", "3"]);
     c.start_all();
     let first = c.wait_leader();
@@ -84,6 +84,13 @@ fn grow_from_three_to_five_then_remove_the_leader_under_load() {
     });
     assert_ne!(new_leader, leader);
     load.wait_progress(20, LONG, "writes after the leader left");
+    // Back to three voters: one more (not the leader) is removed.
+    let second = (0..5)
+        .find(|i| *i != leader && Some(*i) != c.leader())
+        .unwrap();
+    let three = change(&c, "remove", second as u32);
+    assert_eq!(voters(&three).len(), 3, "{three}");
+    load.wait_progress(20, LONG, "writes with three voters again");
     let (acked, errors) = load.finish();
     assert!(errors.is_empty(), "{errors:?}");
 
@@ -97,7 +104,7 @@ fn grow_from_three_to_five_then_remove_the_leader_under_load() {
     );
 
     // Every member has every acknowledged write.
-    let members_now: Vec<usize> = (0..5).filter(|i| *i != leader).collect();
+    let members_now: Vec<usize> = (0..5).filter(|i| *i != leader && *i != second).collect();
     for &i in &members_now {
         for (key, value) in acked.iter().rev().take(50).chain(acked.iter().take(50)) {
             let path = format!("/v1/kv/{key}");
@@ -111,7 +118,7 @@ fn grow_from_three_to_five_then_remove_the_leader_under_load() {
         .iter()
         .map(|&i| members(c.port(i))["epoch"].clone())
         .collect();
-    assert!(epochs.iter().all(|e| e == &json!(5)), "{epochs:?}");
+    assert!(epochs.iter().all(|e| e == &json!(6)), "{epochs:?}");
 }
 
 /// A voter dies for good (its folder is gone): removing another voter now
