@@ -424,3 +424,94 @@ pub async fn db(addr: SocketAddr) -> Option<Value> {
         _ => None,
     }
 }
+
+/// The membership as one replica reports it (`GET /v1/members`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members {
+    pub epoch: u64,
+    pub leader: Option<usize>,
+    pub voters: Vec<usize>,
+    pub learners: Vec<usize>,
+}
+
+impl Members {
+    pub fn parse(v: &Value) -> Option<Members> {
+        let ids = |field: &str| -> Option<Vec<usize>> {
+            v[field]
+                .as_array()?
+                .iter()
+                .map(|x| x.as_u64().map(|x| x as usize))
+                .collect()
+        };
+        Some(Members {
+            epoch: v["epoch"].as_u64()?,
+            leader: v["leader"].as_u64().map(|l| l as usize),
+            voters: ids("voters")?,
+            learners: ids("learners")?,
+        })
+    }
+}
+
+pub async fn members(addr: SocketAddr) -> Option<Members> {
+    match http::request(
+        addr,
+        "GET",
+        "/v1/members",
+        &[],
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    {
+        Ok(r) if r.status == 200 => Members::parse(&r.body),
+        _ => None,
+    }
+}
+
+/// Asks replica `addr` (the leader, or it answers 503) for one membership
+/// change (`demote`, `promote`, ...) of replica `id`. The replica answers
+/// within its request timeout (5 s by default) once the change is applied.
+pub async fn change_members(
+    addr: SocketAddr,
+    action: &str,
+    id: usize,
+) -> Result<http::Resp, http::HttpError> {
+    let body = serde_json::json!({ "action": action, "id": id });
+    http::request(
+        addr,
+        "POST",
+        "/v1/members",
+        &[],
+        Some(&body),
+        Duration::from_secs(8),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Members;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_members_answer() {
+        let body = json!({
+            "epoch": 3, "round_id": 120, "leader": 0, "leader_http": "127.0.0.1:1",
+            "members": [
+                {"id": 0, "role": "voter", "http": "127.0.0.1:1"},
+                {"id": 2, "role": "voter", "http": "127.0.0.1:3"},
+                {"id": 1, "role": "learner", "http": "127.0.0.1:2"}
+            ],
+            "voters": [0, 2], "learners": [1]
+        });
+        let m = Members::parse(&body).expect("parses");
+        assert_eq!(m.epoch, 3);
+        assert_eq!(m.leader, Some(0));
+        assert_eq!(m.voters, vec![0, 2]);
+        assert_eq!(m.learners, vec![1]);
+        let no_leader = json!({"epoch": 0, "round_id": null, "leader": null,
+            "leader_http": null, "members": [], "voters": [0, 1, 2], "learners": []});
+        assert_eq!(Members::parse(&no_leader).map(|m| m.leader), Some(None));
+        assert_eq!(Members::parse(&json!({"error": "not the leader"})), None);
+    }
+}

@@ -55,6 +55,11 @@ enum NemesisArg {
     /// 8 s with it): reads queued at the stopped leader are answered after
     /// it resumes, and checked.
     PauseLeader,
+    /// Demote a voter other than the leader to a learner, hold 1-3 s,
+    /// promote it back (`POST /v1/members` to the leader); every replica is
+    /// a voter again after healing.
+    Membership,
+    /// kill, pause, partition, clock, disk and membership.
     All,
     None,
 }
@@ -162,7 +167,15 @@ async fn run(args: Args) -> Result<ExitCode> {
             NemesisArg::Disk => &[K::Disk],
             NemesisArg::Fsync => &[K::Fsync],
             NemesisArg::PauseLeader => &[K::PauseLeader],
-            NemesisArg::All => &[K::Kill, K::Pause, K::Partition, K::Clock, K::Disk],
+            NemesisArg::Membership => &[K::Membership],
+            NemesisArg::All => &[
+                K::Kill,
+                K::Pause,
+                K::Partition,
+                K::Clock,
+                K::Disk,
+                K::Membership,
+            ],
             NemesisArg::None => &[],
         };
         for a in add {

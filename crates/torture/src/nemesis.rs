@@ -19,6 +19,9 @@ pub enum Kind {
     /// SIGSTOP the leader for several election timeouts (a random replica
     /// only if no leader shows up within 5 s).
     PauseLeader,
+    /// Demote a voter other than the leader to a learner (through the
+    /// leader's `POST /v1/members`), hold 1-3 s, promote it back.
+    Membership,
 }
 
 /// How long `pause-leader` keeps the leader stopped, ms: several election
@@ -27,6 +30,19 @@ pub enum Kind {
 /// longer than this (`--timeout-ms`) for the reads queued at the stopped
 /// leader to be answered, and so checked, once it resumes.
 pub const PAUSE_LEADER_MS: (u64, u64) = (2000, 4000);
+
+/// How long the `membership` nemesis keeps asking for a demoted replica's
+/// promotion (503: leadership moved or not applied in time; 409: another
+/// change in progress or the learner has not caught up).
+const PROMOTE_RETRY: Duration = Duration::from_secs(20);
+
+/// How long healing keeps promoting learners so that every replica is a
+/// voter again at the end of a run.
+const RESTORE_VOTERS: Duration = Duration::from_secs(30);
+
+/// Before a fault, how long the harness tries to promote a replica left a
+/// learner by an earlier membership fault.
+const REPAIR_VOTERS: Duration = Duration::from_secs(10);
 
 impl Kind {
     pub fn name(self) -> &'static str {
@@ -38,6 +54,7 @@ impl Kind {
             Kind::Disk => "disk",
             Kind::Fsync => "fsync",
             Kind::PauseLeader => "pause-leader",
+            Kind::Membership => "membership",
         }
     }
 }
@@ -53,6 +70,9 @@ pub struct Nemesis<'a> {
     pub notes: Vec<String>,
     /// Replicas allowed to stop on their own right now (fsync fault).
     expect_exit: Vec<bool>,
+    /// A membership step ran: every replica must be a voter
+    /// again before the next fault and after healing.
+    membership_touched: bool,
 }
 
 fn ms(t0: Instant) -> f64 {
@@ -71,6 +91,7 @@ impl<'a> Nemesis<'a> {
             failures: Vec::new(),
             notes: Vec::new(),
             expect_exit,
+            membership_touched: false,
         };
         n.mark();
         n
@@ -199,6 +220,7 @@ impl<'a> Nemesis<'a> {
     ) -> Result<()> {
         tokio::time::sleep(start_after).await;
         while Instant::now() + Duration::from_millis(1500) < until {
+            self.repair_voters().await;
             let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
             let start = ms(self.t0);
             let mut rec = FaultRec {
@@ -218,6 +240,7 @@ impl<'a> Nemesis<'a> {
                 Kind::Disk => self.disk(&mut rec).await?,
                 Kind::Fsync => self.fsync(&mut rec, until).await,
                 Kind::PauseLeader => self.pause_leader(&mut rec, until).await?,
+                Kind::Membership => self.membership(&mut rec, until).await,
             }
             rec.end_ms = ms(self.t0);
             self.faults.push(rec);
@@ -246,6 +269,269 @@ impl<'a> Nemesis<'a> {
             }
         }
         self.mark();
+        if self.membership_touched {
+            match self.restore_voters(RESTORE_VOTERS).await {
+                Ok(promoted) if promoted.is_empty() => {}
+                Ok(promoted) => self.notes.push(format!(
+                    "membership: replicas {promoted:?} were learners at healing and were promoted back"
+                )),
+                Err(why) => {
+                    self.failures.push(format!(
+                        "membership: not every replica is a voter again after healing (tried for up to {} s): {why}",
+                        RESTORE_VOTERS.as_secs()
+                    ));
+                    // Failed loudly once: a second healing (after the
+                    // workload) does not wait again.
+                    self.membership_touched = false;
+                }
+            }
+        }
+    }
+
+    /// The leader, waiting (bounded by `limit` and `until`) for one.
+    async fn wait_leader(&mut self, limit: Duration, until: Instant) -> Option<usize> {
+        let wait_until = (Instant::now() + limit).min(until);
+        loop {
+            if let Some(l) = self.cluster.leader().await {
+                return Some(l);
+            }
+            if Instant::now() >= wait_until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Demotes a random voter other than the leader to a learner through
+    /// the leader's `POST /v1/members`, holds 1-3 s (the replica keeps
+    /// receiving the log and serving clients as a learner), then promotes
+    /// it back, retrying for up to PROMOTE_RETRY while leadership moves or
+    /// the learner catches up. Demotes only when at least 3 replicas vote,
+    /// so that a quorum of the remaining voters survives; never removes a
+    /// replica (ids are never reused: a removed replica could not come
+    /// back).
+    async fn membership(&mut self, rec: &mut FaultRec, until: Instant) {
+        // From now on every replica must be a voter before each fault and
+        // after healing, whoever changed the membership.
+        self.membership_touched = true;
+        let Some(leader) = self.wait_leader(Duration::from_secs(5), until).await else {
+            rec.detail = "skipped: no leader".into();
+            rec.note = Some("no leader within 5 s".into());
+            return;
+        };
+        let Some(m) = crate::cluster::members(self.cluster.http[leader]).await else {
+            rec.detail = "skipped".into();
+            rec.note = Some(format!("leader {leader} did not answer GET /v1/members"));
+            return;
+        };
+        let n = self.cluster.n;
+        if m.voters.len() < 3 {
+            rec.detail = "skipped".into();
+            rec.note = Some(format!(
+                "{} voter(s) {:?}: at least 3 are needed to demote one and keep a quorum",
+                m.voters.len(),
+                m.voters
+            ));
+            return;
+        }
+        let candidates: Vec<usize> = m
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader && v < n)
+            .collect();
+        if candidates.is_empty() {
+            rec.detail = "skipped".into();
+            rec.note = Some(format!("no voter but leader {leader} in {:?}", m.voters));
+            return;
+        }
+        let v = candidates[self.rng.below(candidates.len() as u64) as usize];
+        rec.nodes = vec![v];
+        rec.detail = format!("demote {v} then promote {v}");
+        let mut notes = Vec::new();
+        match crate::cluster::change_members(self.cluster.http[leader], "demote", v).await {
+            Ok(r) if r.status == 200 => {
+                let m = crate::cluster::Members::parse(&r.body);
+                if !m.as_ref().is_some_and(|m| m.learners.contains(&v)) {
+                    notes.push(format!(
+                        "demote answered 200 but replica {v} is not listed a learner: {}",
+                        r.body
+                    ));
+                }
+            }
+            Ok(r) if r.status == 400 || r.status == 409 => {
+                // Refused: nothing was placed in the log.
+                rec.detail = format!("demote {v} (refused)");
+                rec.note = Some(format!(
+                    "demote refused by leader {leader}: {} {}",
+                    r.status,
+                    error_text(&r.body)
+                ));
+                return;
+            }
+            Ok(r) => notes.push(format!(
+                "demote answered {} by replica {leader}: {} (outcome unknown; promoting back anyway)",
+                r.status,
+                error_text(&r.body)
+            )),
+            Err(e) => notes.push(format!(
+                "demote sent to replica {leader}: {e} (outcome unknown; promoting back anyway)"
+            )),
+        }
+        let hold = self.rng.range(1000, 3001);
+        rec.detail =
+            format!("demote {v} then promote {v} (learner for {hold} ms; leader {leader})");
+        self.sleep_ms(hold, hold + 1, until).await;
+        match self.ensure_voter(v, PROMOTE_RETRY).await {
+            Ok(p) => {
+                if let Some(refused) = p.last_refusal {
+                    notes.push(format!(
+                        "promote took {} tries (last refusal: {refused})",
+                        p.tries
+                    ));
+                }
+            }
+            Err(why) => notes.push(format!(
+                "promote TIMED OUT after {} s ({why}): replica {v} is left a learner; promoted before the next fault or at healing",
+                PROMOTE_RETRY.as_secs()
+            )),
+        }
+        rec.note = (!notes.is_empty()).then(|| notes.join("; "));
+    }
+
+    /// Promotes replica v (through whichever replica leads, found again on
+    /// every try) until the leader reports it a voter, for up to `limit`.
+    /// A voter already (e.g. a demotion that was not applied) counts as
+    /// done.
+    async fn ensure_voter(&mut self, v: usize, limit: Duration) -> Result<Promoted, String> {
+        let deadline = Instant::now() + limit;
+        let n = self.cluster.n;
+        let mut hint: Option<usize> = None;
+        let mut tries = 0u32;
+        let mut last_refusal: Option<String> = None;
+        let mut last_error = String::from("no leader");
+        loop {
+            self.check_exits().await;
+            let leader = match self.cluster.leader().await {
+                Some(l) => Some(l),
+                None => hint.take(),
+            };
+            if let Some(l) = leader {
+                let addr = self.cluster.http[l];
+                if crate::cluster::members(addr)
+                    .await
+                    .is_some_and(|m| m.leader == Some(l) && m.voters.contains(&v))
+                {
+                    return Ok(Promoted {
+                        tries,
+                        last_refusal,
+                    });
+                }
+                tries += 1;
+                match crate::cluster::change_members(addr, "promote", v).await {
+                    Ok(r) if r.status == 200 => {
+                        let m = crate::cluster::Members::parse(&r.body);
+                        if m.as_ref().is_some_and(|m| m.voters.contains(&v)) {
+                            return Ok(Promoted {
+                                tries,
+                                last_refusal,
+                            });
+                        }
+                        last_error = format!("promote answered 200 by {l} but: {}", r.body);
+                    }
+                    Ok(r) => {
+                        if r.status == 400 {
+                            // Not a learner: a voter already (checked on the
+                            // next try) or not a member at all, which no
+                            // retry can mend (ids are never reused).
+                            if let Some(m) = crate::cluster::members(addr)
+                                .await
+                                .filter(|m| m.leader == Some(l))
+                            {
+                                if !m.voters.contains(&v) && !m.learners.contains(&v) {
+                                    return Err(format!(
+                                        "replica {v} is not a member (voters {:?}, learners {:?}): it cannot be promoted",
+                                        m.voters, m.learners
+                                    ));
+                                }
+                            }
+                        }
+                        hint = r.body["leader"]
+                            .as_u64()
+                            .map(|x| x as usize)
+                            .filter(|&x| x < n);
+                        last_error =
+                            format!("{} from replica {l}: {}", r.status, error_text(&r.body));
+                        last_refusal = Some(last_error.clone());
+                    }
+                    Err(e) => last_error = format!("replica {l}: {e}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Promotes every replica that is not a voter (as the leader reports
+    /// it), for up to `limit` in all.
+    async fn restore_voters(&mut self, limit: Duration) -> Result<Vec<usize>, String> {
+        let deadline = Instant::now() + limit;
+        let n = self.cluster.n;
+        let mut promoted = Vec::new();
+        let mut last = String::from("no leader reported the membership");
+        loop {
+            let view = match self.cluster.leader().await {
+                Some(l) => crate::cluster::members(self.cluster.http[l])
+                    .await
+                    .filter(|m| m.leader == Some(l)),
+                None => None,
+            };
+            if let Some(m) = view {
+                let missing: Vec<usize> = (0..n).filter(|i| !m.voters.contains(i)).collect();
+                if missing.is_empty() {
+                    return Ok(promoted);
+                }
+                for v in missing {
+                    // Fails only at the deadline or for good (not a member).
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self.ensure_voter(v, left).await {
+                        Ok(_) => promoted.push(v),
+                        Err(why) => return Err(format!("replica {v}: {why}")),
+                    }
+                }
+                // All promoted: confirmed by the leader on the next pass.
+                last = format!(
+                    "promoted {promoted:?} but the leader did not report every replica a voter"
+                );
+            }
+            if Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Before a fault: a replica left a learner by an earlier membership
+    /// fault (a promotion that timed out, or a demotion applied after its
+    /// answer timed out) is promoted, so that the next fault meets the
+    /// full voter set (e.g. a kill of one of only two voters would stop
+    /// the cluster).
+    async fn repair_voters(&mut self) {
+        if !self.membership_touched {
+            return;
+        }
+        let at = ms(self.t0) / 1e3;
+        match self.restore_voters(REPAIR_VOTERS).await {
+            Ok(promoted) if promoted.is_empty() => {}
+            Ok(promoted) => self.notes.push(format!(
+                "membership: replicas {promoted:?} were still learners before the fault at t={at:.1} s and were promoted back"
+            )),
+            Err(why) => self.notes.push(format!(
+                "membership: could not make every replica a voter before the fault at t={at:.1} s ({why}); retried later"
+            )),
+        }
     }
 
     async fn kill(&mut self, rec: &mut FaultRec, until: Instant) {
@@ -583,6 +869,21 @@ impl<'a> Nemesis<'a> {
         }
         Ok(())
     }
+}
+
+/// The outcome of `ensure_voter`.
+struct Promoted {
+    /// Promote requests sent.
+    tries: u32,
+    /// The last refusal (409/503/400) before it was done.
+    last_refusal: Option<String>,
+}
+
+/// The `error` of a replica's JSON error answer, or the whole body.
+fn error_text(body: &serde_json::Value) -> String {
+    body["error"]
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_string)
 }
 
 fn newest_wal(dir: &Path) -> Option<PathBuf> {

@@ -347,6 +347,7 @@ fn svg(ops: &[OpRec], faults: &[FaultRec], end_ms: f64) -> String {
         ("partition", "#64b5f6"),
         ("clock", "#ba68c8"),
         ("disk", "#a1887f"),
+        ("membership", "#4db6ac"),
         ("crash", "#212121"),
     ];
     for f in faults {

@@ -186,3 +186,50 @@ fn pause_leader_campaign_checks_reads_queued_at_the_stopped_leader() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Voters other than the leader are demoted to learners and promoted back
+/// while clients run; the history stays linearizable, the replicas
+/// converge, and every replica is a voter again at the end.
+#[test]
+fn membership_campaign_demotes_and_promotes_voters() {
+    let out = out_dir("membership");
+    let (code, stdout, stderr) = campaign(
+        &[
+            "--time",
+            "20",
+            "--nodes",
+            "3",
+            "--nemesis",
+            "membership",
+            "--seed",
+            "7",
+        ],
+        &out,
+    );
+    assert_eq!(
+        code, 0,
+        "campaign failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap_or_default())
+            .expect("report.json parses");
+    assert_eq!(report["checker"]["verdict"], "linearizable");
+    let membership: Vec<&serde_json::Value> = report["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter(|f| f["kind"] == "membership")
+        .collect();
+    assert!(
+        !membership.is_empty(),
+        "no membership fault in the report: {report}"
+    );
+    assert!(
+        membership.iter().any(|f| f["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("then promote"))),
+        "no voter was demoted: {membership:?}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
