@@ -790,6 +790,11 @@ impl Replica {
                     if self.is_voter() {
                         self.start_election();
                     } else {
+                        // Also when it is no member as far as it knows: it
+                        // may have been added, even made the only voter, by
+                        // changes it has not learned are chosen (seed 1416
+                        // of the old-config-quorum options). A removed
+                        // replica keeps asking too, once per timeout.
                         self.ask_members_for_chosen();
                     }
                 }
