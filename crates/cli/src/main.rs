@@ -569,18 +569,7 @@ async fn client_call(
             client::request(&http, method.clone(), &url, &headers, body.clone()).await
         };
         match outcome {
-            Ok(response) => {
-                let text = match serde_json::from_slice::<Value>(&response.body) {
-                    Ok(json) => serde_json::to_string_pretty(&json)?,
-                    Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
-                };
-                println!("{text}");
-                return Ok(if response.status.is_success() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                });
-            }
+            Ok(response) => return print_answer(&response),
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
@@ -616,18 +605,7 @@ async fn client_call_leader(endpoints: &Endpoints, path: &str, body: Value) -> R
                     last = Some(String::from_utf8_lossy(&response.body).into_owned());
                     continue;
                 }
-                Ok(response) => {
-                    let text = match serde_json::from_slice::<Value>(&response.body) {
-                        Ok(json) => serde_json::to_string_pretty(&json)?,
-                        Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
-                    };
-                    println!("{text}");
-                    return Ok(if response.status.is_success() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    });
-                }
+                Ok(response) => return print_answer(&response),
                 Err(e) => {
                     last = Some(format!("{e:#}"));
                     continue;
@@ -641,6 +619,20 @@ async fn client_call_leader(endpoints: &Endpoints, path: &str, body: Value) -> R
         "no endpoint took the change (is a leader elected?); last answer: {}",
         last.unwrap_or_default()
     )
+}
+
+/// Prints a replica's answer (JSON pretty-printed); fails on a non-2xx.
+fn print_answer(response: &client::HttpResponse) -> Result<ExitCode> {
+    let text = match serde_json::from_slice::<Value>(&response.body) {
+        Ok(json) => serde_json::to_string_pretty(&json)?,
+        Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
+    };
+    println!("{text}");
+    Ok(if response.status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn node_config(args: NodeArgs) -> Result<NodeConfig> {

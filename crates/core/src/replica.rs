@@ -1049,24 +1049,7 @@ impl Replica {
             self.reset_election_timer(0);
         }
         let start = from_slot.max(self.log_start);
-        let mut accepted = Vec::new();
-        let mut bytes = 0;
-        let mut complete = true;
-        for (slot, s) in self.log.range(start..) {
-            if accepted.len() >= self.cfg.max_entries_per_message
-                || bytes >= self.cfg.max_bytes_per_message
-            {
-                complete = false;
-                break;
-            }
-            bytes += s.entry.size_bytes();
-            accepted.push(AcceptedValue {
-                slot: *slot,
-                ballot: s.ballot,
-                entry: s.entry.clone(),
-                chosen: s.chosen,
-            });
-        }
+        let (accepted, complete) = self.accepted_page(start);
         self.send(
             from,
             Message::Promise {
@@ -1602,21 +1585,17 @@ impl Replica {
         self.maybe_finish_recovery();
     }
 
-    fn on_recovery_query(&mut self, from: NodeId, nonce: u64, from_slot: Slot) {
-        if self.recovery.is_some() {
-            // What it would report may be forgotten too.
-            return;
-        }
-        let start = from_slot.max(self.chosen_upto).max(self.log_start);
+    /// The values this acceptor holds from `start` on, within one message's
+    /// budget, and whether that is all of them (promises and recovery
+    /// replies come in pages: unbounded, they could exceed the frame limit).
+    fn accepted_page(&self, start: Slot) -> (Vec<AcceptedValue>, bool) {
         let mut accepted = Vec::new();
         let mut bytes = 0;
-        let mut complete = true;
         for (slot, s) in self.log.range(start..) {
             if accepted.len() >= self.cfg.max_entries_per_message
                 || bytes >= self.cfg.max_bytes_per_message
             {
-                complete = false;
-                break;
+                return (accepted, false);
             }
             bytes += s.entry.size_bytes();
             accepted.push(AcceptedValue {
@@ -1626,6 +1605,16 @@ impl Replica {
                 chosen: s.chosen,
             });
         }
+        (accepted, true)
+    }
+
+    fn on_recovery_query(&mut self, from: NodeId, nonce: u64, from_slot: Slot) {
+        if self.recovery.is_some() {
+            // What it would report may be forgotten too.
+            return;
+        }
+        let start = from_slot.max(self.chosen_upto).max(self.log_start);
+        let (accepted, complete) = self.accepted_page(start);
         self.send(
             from,
             Message::RecoveryReply {
