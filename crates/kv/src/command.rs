@@ -30,6 +30,53 @@ pub enum KvCommand {
         expected_json: Option<String>,
         new_json: String,
     },
+    /// Records where a replica that joins the cluster can be reached and
+    /// gives it its id (the store allocates ids: the same on every replica,
+    /// never reused). Registering an address that a live registration
+    /// already holds answers that registration's id, so a retried join gets
+    /// the same id. `min_id` is the floor (the bootstrap replicas' ids are
+    /// below it).
+    RegisterMember {
+        peer_addr: String,
+        http_addr: Option<String>,
+        min_id: u32,
+    },
+}
+
+/// Longest replica address (`host:port`) the address book takes, in bytes.
+pub const MAX_MEMBER_ADDR_BYTES: usize = 256;
+
+/// Checks a replica address a user wrote: `host:port`, where host is a host
+/// name, an IPv4 address or a bracketed IPv6 address, and port is 1-65535.
+pub fn check_member_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() || addr.len() > MAX_MEMBER_ADDR_BYTES {
+        return Err(format!(
+            "an address must be 1 to {MAX_MEMBER_ADDR_BYTES} bytes, got {}",
+            addr.len()
+        ));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("address {addr:?} has no port (write host:port)"));
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(format!("address {addr:?}: port {port:?} is not 1-65535"));
+    }
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    };
+    if !host_ok {
+        return Err(format!(
+            "address {addr:?}: {host:?} is not a host name, an IPv4 address or a [bracketed] IPv6 address"
+        ));
+    }
+    Ok(())
 }
 
 impl KvCommand {
@@ -113,6 +160,17 @@ impl KvCommand {
                 }
                 parse_json_value(new_json).map(|_| ())
             }
+            KvCommand::RegisterMember {
+                peer_addr,
+                http_addr,
+                ..
+            } => {
+                check_member_addr(peer_addr).map_err(KvError::InvalidValue)?;
+                if let Some(http) = http_addr {
+                    check_member_addr(http).map_err(KvError::InvalidValue)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -154,13 +212,22 @@ impl KvCommand {
                 quote(key),
                 expected_json.as_deref().unwrap_or("absent")
             ),
+            KvCommand::RegisterMember {
+                peer_addr,
+                http_addr,
+                ..
+            } => format!(
+                "MEMBER ADDRESS {} http {}",
+                quote(peer_addr),
+                http_addr.as_deref().map_or("unknown".into(), quote)
+            ),
         }
     }
 
     /// The key this command writes, if it can be known without parsing.
     pub fn key(&self) -> Option<&str> {
         match self {
-            KvCommand::Exec { .. } => None,
+            KvCommand::Exec { .. } | KvCommand::RegisterMember { .. } => None,
             KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
                 Some(key)
             }

@@ -16,12 +16,15 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use command::{validate_key, validate_value, KvCommand, KvRequest};
+pub use command::{
+    check_member_addr, validate_key, validate_value, KvCommand, KvRequest, MAX_MEMBER_ADDR_BYTES,
+};
 pub use error::KvError;
 pub use output::{ApplyOutput, ApplyResult, ErrorKind};
 pub use parser::{parse_statement, parse_value, ParseError, Statement};
 pub use store::{
-    KvOptions, KvStore, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_EXPIRY_ROUNDS, SNAPSHOT_VERSION,
+    KvOptions, KvStore, MemberAddress, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_EXPIRY_ROUNDS,
+    SNAPSHOT_VERSION,
 };
 
 /// Size and shape limits, enforced before proposing and again at apply time.

@@ -1,13 +1,14 @@
 //! The replicated database: the seed's per-node dict, made deterministic.
 
-use paxlog_core::{Entry, Membership, RequestId, Slot, StateMachine};
+use paxlog_core::{Entry, Membership, RequestId, Slot, StateMachine, MAX_NODE_ID};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 
 use crate::command::{
-    check_statement, parse_json_value, validate_key, validate_value, KvCommand, KvRequest,
+    check_member_addr, check_statement, parse_json_value, validate_key, validate_value, KvCommand,
+    KvRequest,
 };
 use crate::error::KvError;
 use crate::output::{ApplyOutput, ApplyResult, ErrorKind};
@@ -24,7 +25,11 @@ pub const DEFAULT_SESSION_EXPIRY_ROUNDS: u64 = 1_000_000;
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 4;
+pub const SNAPSHOT_VERSION: u8 = 5;
+
+/// The image before the address book: no `addresses`, no `ever_members`.
+/// Still restorable (the book is then empty).
+const SNAPSHOT_VERSION_V4: u8 = 4;
 
 /// The image before memberships were replicated: no `membership` field.
 /// Still restorable (the membership is then the bootstrap one).
@@ -51,6 +56,14 @@ impl Default for KvOptions {
             max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
+}
+
+/// Where a replica that joined can be reached: its peer-protocol address
+/// and, if it gave one, its client HTTP address (`host:port` each).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddress {
+    pub peer_addr: String,
+    pub http_addr: Option<String>,
 }
 
 /// One client's exactly-once state: its last executed request and when the
@@ -142,6 +155,13 @@ pub struct KvStore {
     /// snapshot records the membership in force where the log it replaces
     /// ends, as the consensus core needs on restart.
     membership: Option<Membership>,
+    /// Where replicas that joined through the cluster can be reached, by
+    /// id (the bootstrap replicas' addresses are in their flags).
+    addresses: BTreeMap<u32, MemberAddress>,
+    /// Bit i: replica i was a member under some applied membership. An id
+    /// that was and is no more is retired: its registration no longer
+    /// answers for its address, and no id is ever given out twice.
+    ever_members: u64,
     /// Test only (the simulator's planted `dedup-expiry` bug): a client
     /// without a session always runs (and `precheck` lets it through),
     /// whatever its stamp, as before stamps existed. Here rather than in
@@ -159,6 +179,8 @@ impl PartialEq for KvStore {
             && self.sessions == other.sessions
             && self.expired_upto == other.expired_upto
             && self.membership == other.membership
+            && self.addresses == other.addresses
+            && self.ever_members == other.ever_members
     }
 }
 
@@ -178,6 +200,8 @@ impl KvStore {
             by_use: VecDeque::new(),
             expired_upto: None,
             membership: None,
+            addresses: BTreeMap::new(),
+            ever_members: 0,
             ignore_request_stamps: false,
         }
     }
@@ -287,6 +311,74 @@ impl KvStore {
     /// (also restored from snapshots).
     pub fn membership(&self) -> Option<&Membership> {
         self.membership.as_ref()
+    }
+
+    /// The address book: replicas registered by the join flow, by id.
+    pub fn member_addresses(&self) -> &BTreeMap<u32, MemberAddress> {
+        &self.addresses
+    }
+
+    /// Was `id` a member once and is no more (so it never comes back)?
+    pub fn is_retired(&self, id: u32) -> bool {
+        id <= MAX_NODE_ID
+            && self.ever_members & (1 << id) != 0
+            && !self
+                .membership
+                .as_ref()
+                .is_some_and(|m| m.is_member(paxlog_core::NodeId(id)))
+    }
+
+    /// Gives the replica at `peer_addr` its id: the live registration of
+    /// that address if there is one, else the next id never used.
+    fn register_member(
+        &mut self,
+        peer_addr: String,
+        http_addr: Option<String>,
+        min_id: u32,
+    ) -> Result<ApplyResult, ApplyResult> {
+        let invalid = |why: String| ApplyResult::error(ErrorKind::InvalidValue, why);
+        check_member_addr(&peer_addr).map_err(invalid)?;
+        if let Some(http) = &http_addr {
+            check_member_addr(http).map_err(invalid)?;
+        }
+        let report = |id: u32, existed: bool| {
+            let mut report = Map::new();
+            report.insert("id".into(), Value::from(id));
+            report.insert("existed".into(), Value::Bool(existed));
+            ApplyResult::ok(Some(Value::Object(report)))
+        };
+        let live = self
+            .addresses
+            .iter()
+            .find(|(id, a)| a.peer_addr == peer_addr && !self.is_retired(**id))
+            .map(|(id, _)| *id);
+        if let Some(id) = live {
+            if let (Some(http), Some(entry)) = (http_addr, self.addresses.get_mut(&id)) {
+                entry.http_addr = Some(http);
+            }
+            return Ok(report(id, true));
+        }
+        let members = self.membership.as_ref().map_or(0, |m| m.members_mask()) | self.ever_members;
+        let above_members = 64 - members.leading_zeros();
+        let above_book = self.addresses.keys().next_back().map_or(0, |id| id + 1);
+        let id = min_id.max(above_members).max(above_book);
+        if id > MAX_NODE_ID {
+            return Err(ApplyResult::error(
+                ErrorKind::TooLarge,
+                format!(
+                    "no replica id is left: ids are never reused and a cluster can have had at most {} members",
+                    MAX_NODE_ID + 1
+                ),
+            ));
+        }
+        self.addresses.insert(
+            id,
+            MemberAddress {
+                peer_addr,
+                http_addr,
+            },
+        );
+        Ok(report(id, false))
     }
 
     /// The last request seq applied for `client_id`, if its session exists.
@@ -453,6 +545,11 @@ impl KvStore {
                 let previous = self.db.remove(&key);
                 Ok(previous_report(previous))
             }
+            KvCommand::RegisterMember {
+                peer_addr,
+                http_addr,
+                min_id,
+            } => self.register_member(peer_addr, http_addr, min_id),
             KvCommand::Cas {
                 key,
                 expected_json,
@@ -646,6 +743,8 @@ struct SnapshotOut<'a> {
     entries: Vec<(&'a str, String)>,
     sessions: Vec<SnapshotSession>,
     membership: Option<&'a Membership>,
+    addresses: Vec<(u32, &'a MemberAddress)>,
+    ever_members: u64,
 }
 
 #[derive(Deserialize)]
@@ -655,6 +754,35 @@ struct SnapshotIn {
     entries: Vec<(String, String)>,
     sessions: Vec<SnapshotSession>,
     membership: Option<Membership>,
+    addresses: Vec<(u32, MemberAddress)>,
+    ever_members: u64,
+}
+
+/// A version 4 image: as version 5 without the address book.
+#[derive(Deserialize)]
+struct SnapshotInV4 {
+    applied_upto: u64,
+    expired_upto: Option<u64>,
+    entries: Vec<(String, String)>,
+    sessions: Vec<SnapshotSession>,
+    membership: Option<Membership>,
+}
+
+impl SnapshotInV4 {
+    fn upgrade(self) -> SnapshotIn {
+        // The members of the membership in force were members; earlier
+        // ones are unknown, which only matters to ids in the book (none).
+        let ever_members = self.membership.as_ref().map_or(0, |m| m.members_mask());
+        SnapshotIn {
+            applied_upto: self.applied_upto,
+            expired_upto: self.expired_upto,
+            entries: self.entries,
+            sessions: self.sessions,
+            membership: self.membership,
+            addresses: Vec::new(),
+            ever_members,
+        }
+    }
 }
 
 /// A version 3 image: as version 4 without the membership.
@@ -674,6 +802,8 @@ impl SnapshotInV3 {
             entries: self.entries,
             sessions: self.sessions,
             membership: None,
+            addresses: Vec::new(),
+            ever_members: 0,
         }
     }
 }
@@ -723,6 +853,8 @@ impl SnapshotInV2 {
             expired_upto,
             entries: self.entries,
             membership: None,
+            addresses: Vec::new(),
+            ever_members: 0,
             sessions: self
                 .clients
                 .into_iter()
@@ -773,6 +905,7 @@ impl StateMachine for KvStore {
                 result: ApplyResult::ok(None),
             },
             Entry::Config { membership, .. } => {
+                self.ever_members |= membership.members_mask();
                 self.membership = Some(membership.clone());
                 ApplyOutput {
                     slot,
@@ -820,6 +953,8 @@ impl StateMachine for KvStore {
                 sessions
             },
             membership: self.membership.as_ref(),
+            addresses: self.addresses.iter().map(|(id, a)| (*id, a)).collect(),
+            ever_members: self.ever_members,
         };
         let mut out = vec![SNAPSHOT_VERSION];
         // Serialising into a Vec cannot fail.
@@ -833,6 +968,7 @@ impl StateMachine for KvStore {
         let (&version, rest) = image.split_first().ok_or_else(|| corrupt("empty image"))?;
         let body = match version {
             SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
+            SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?.upgrade(),
             SNAPSHOT_VERSION_V3 => decode_body::<SnapshotInV3>(rest)?.upgrade(),
             SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?.upgrade(),
             other => return Err(KvError::SnapshotVersion(other)),
@@ -905,7 +1041,23 @@ impl StateMachine for KvStore {
             )));
         }
 
+        let mut addresses = BTreeMap::new();
+        for (id, address) in body.addresses {
+            if id > MAX_NODE_ID || addresses.contains_key(&id) {
+                return Err(corrupt(format!("address book: bad or repeated id {id}")));
+            }
+            check_member_addr(&address.peer_addr)
+                .map_err(|e| corrupt(format!("address book, replica {id}: {e}")))?;
+            if let Some(http) = &address.http_addr {
+                check_member_addr(http)
+                    .map_err(|e| corrupt(format!("address book, replica {id}: {e}")))?;
+            }
+            addresses.insert(id, address);
+        }
+
         self.db = db;
+        self.addresses = addresses;
+        self.ever_members = body.ever_members;
         self.applied_upto = applied_upto;
         self.sessions = sessions;
         self.by_use = by_use.into();

@@ -1244,6 +1244,8 @@ fn restore_rejects_inconsistent_sessions() {
         entries: Vec<(String, String)>,
         sessions: Vec<(u64, u64, u64, u64, Outcome)>,
         membership: Option<(u64, u64, u64)>,
+        addresses: Vec<(u32, (String, Option<String>))>,
+        ever_members: u64,
     }
     #[derive(serde::Serialize, serde::Deserialize)]
     enum Outcome {
@@ -1671,4 +1673,157 @@ fn the_membership_a_change_set_survives_a_snapshot() {
     old.restore(&v3).unwrap();
     assert_eq!(old.membership(), None);
     assert_eq!(old.applied_upto(), Slot(1));
+}
+
+fn register(
+    store: &mut KvStore,
+    client_id: u64,
+    peer: &str,
+    http: Option<&str>,
+    min_id: u32,
+) -> ApplyOutput {
+    let command = KvCommand::RegisterMember {
+        peer_addr: peer.into(),
+        http_addr: http.map(Into::into),
+        min_id,
+    };
+    let entry = fresh(store, client_id, 1, &command);
+    run(store, &entry)
+}
+
+fn config(store: &mut KvStore, epoch: u64, voters: u64, learners: u64) {
+    let slot = store.applied_upto();
+    store.apply(
+        slot,
+        &Entry::Config {
+            id: RequestId {
+                client_id: 1,
+                seq: epoch,
+            },
+            membership: paxlog_core::Membership {
+                epoch,
+                voters,
+                learners,
+            },
+        },
+    );
+}
+
+fn registered_id(out: &ApplyOutput) -> (u64, bool) {
+    match &out.result {
+        ApplyResult::Ok { value: Some(v) } => {
+            (v["id"].as_u64().unwrap(), v["existed"].as_bool().unwrap())
+        }
+        other => panic!("not registered: {other:?}"),
+    }
+}
+
+#[test]
+fn the_address_book_gives_ids_once_and_answers_retries_with_the_same_id() {
+    let mut s = KvStore::default();
+    // Bootstrap replicas 0..3: the floor is 3.
+    assert_eq!(
+        registered_id(&register(
+            &mut s,
+            10,
+            "db-3.example:7000",
+            Some("db-3.example:8000"),
+            3
+        )),
+        (3, false)
+    );
+    // A retried join (another request, the same address): the same id.
+    assert_eq!(
+        registered_id(&register(&mut s, 11, "db-3.example:7000", None, 3)),
+        (3, true)
+    );
+    assert_eq!(
+        s.member_addresses()
+            .get(&3)
+            .and_then(|a| a.http_addr.as_deref()),
+        Some("db-3.example:8000"),
+        "a retry without an http address keeps the one given"
+    );
+    assert_eq!(
+        registered_id(&register(&mut s, 12, "[::1]:7004", None, 3)),
+        (4, false)
+    );
+    // 3 joins as a learner, then is removed: retired for good.
+    config(&mut s, 1, 0b111, 0b1000);
+    assert!(!s.is_retired(3));
+    config(&mut s, 2, 0b111, 0);
+    assert!(s.is_retired(3));
+    assert!(!s.is_retired(4), "4 never was a member");
+    // The same address again is a new replica with a new id.
+    assert_eq!(
+        registered_id(&register(&mut s, 13, "db-3.example:7000", None, 3)),
+        (5, false)
+    );
+    // Bad addresses are refused, deterministically, and change nothing.
+    for bad in [
+        "",
+        "no-port",
+        "host:0",
+        "host:99999",
+        "bad host:1",
+        "[nope]:1",
+    ] {
+        let out = register(
+            &mut s,
+            1000 + bad.bytes().map(u64::from).sum::<u64>(),
+            bad,
+            None,
+            3,
+        );
+        assert_eq!(kind(&out), Some(ErrorKind::InvalidValue), "{bad:?}");
+        assert!(KvCommand::RegisterMember {
+            peer_addr: bad.into(),
+            http_addr: None,
+            min_id: 0
+        }
+        .validate()
+        .is_err());
+    }
+    assert_eq!(s.member_addresses().len(), 3);
+    // The book and the retired ids survive a snapshot.
+    let mut restored = KvStore::default();
+    restored.restore(&s.snapshot()).unwrap();
+    assert_eq!(restored, s);
+    assert!(restored.is_retired(3));
+    assert_eq!(
+        registered_id(&register(&mut restored, 30, "x:1", None, 0)),
+        (6, false)
+    );
+}
+
+#[test]
+fn ids_run_out_at_64_members_with_an_error() {
+    let mut s = KvStore::default();
+    let out = register(&mut s, 1, "a:1", None, 63);
+    assert_eq!(registered_id(&out), (63, false));
+    let out = register(&mut s, 2, "b:1", None, 0);
+    assert_eq!(kind(&out), Some(ErrorKind::TooLarge));
+}
+
+#[test]
+fn a_version_4_image_restores_with_an_empty_address_book() {
+    let mut v4 = vec![4u8];
+    v4.extend(
+        postcard::to_allocvec(&(
+            1u64,
+            None::<u64>,
+            Vec::<(String, String)>::new(),
+            Vec::<u8>::new(),
+            Some((1u64, 0b111u64, 0b1000u64)),
+        ))
+        .unwrap(),
+    );
+    let mut old = KvStore::default();
+    old.restore(&v4).unwrap();
+    assert!(old.member_addresses().is_empty());
+    assert_eq!(old.membership().map(|m| m.learners), Some(0b1000));
+    // Members of the membership in force count as having been members.
+    let mut after = old.clone();
+    config(&mut after, 2, 0b111, 0);
+    assert!(after.is_retired(3));
 }
