@@ -4,6 +4,7 @@
 mod bench;
 mod certs;
 mod client;
+mod join;
 
 /// mimalloc: measured faster than the system allocator on the replica's
 /// allocation pattern (many small, short-lived buffers across threads).
@@ -42,6 +43,7 @@ enum MemberVerb {
     Promote,
     Demote,
     Remove,
+    Replace,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -111,14 +113,25 @@ enum Verb {
         #[command(flatten)]
         endpoints: Endpoints,
     },
-    /// The cluster's members (`list`), or one change: `add ID` (as a
-    /// learner), `promote ID` (learner to voter), `demote ID`, `remove ID`.
-    /// Changes go to the leader (endpoints are tried until it answers).
+    /// The cluster's members (`list`), or one change: `add ADDR` (a new
+    /// replica at peer address ADDR, as a learner; or `add ID` for one
+    /// listed in --peers), `promote ID` (learner to voter), `demote ID`,
+    /// `remove ID`, `replace ID ADDR` (add ADDR, promote it once it has
+    /// caught up, then remove ID). Changes go to the leader (endpoints are
+    /// tried until it answers).
     Member {
         #[arg(value_enum)]
         action: MemberVerb,
-        /// The replica's id (its position in --peers).
-        id: Option<u32>,
+        /// The replica's id, or for `add`, a new replica's peer address.
+        target: Option<String>,
+        /// For `replace`: the new replica's peer address.
+        address: Option<String>,
+        /// For `add ADDR` / `replace`: the new replica's client address.
+        #[arg(long = "member-http")]
+        member_http: Option<String>,
+        /// For `replace`: how long to wait for the new replica to catch up.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -220,12 +233,34 @@ struct NodeArgs {
     /// A TOML file with the node's settings; flags override it.
     #[arg(long, env = "PAXLOG_CONFIG")]
     config: Option<PathBuf>,
-    /// This replica's id: its index in --peers.
+    /// This replica's id: its index in --peers. A replica that joins gets
+    /// its id from the cluster (an --id outside --peers, as a StatefulSet's
+    /// pod index, means "join").
     #[arg(long, env = "PAXLOG_ID")]
     id: Option<u32>,
-    /// Every replica's peer-protocol address, in id order.
+    /// The bootstrap replicas' peer-protocol addresses (host:port, host
+    /// names allowed), in id order.
     #[arg(long, value_delimiter = ',', env = "PAXLOG_PEERS")]
-    peers: Option<Vec<SocketAddr>>,
+    peers: Option<Vec<String>>,
+    /// Where the peer listener binds (default: this replica's own peer
+    /// address if it is an IP, else all interfaces on its port).
+    #[arg(long, env = "PAXLOG_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// Join a running cluster through any of these members' client
+    /// addresses (host:port or URL) when the data folder is empty: the
+    /// cluster gives this replica its id and adds it as a learner.
+    #[arg(long, value_delimiter = ',', env = "PAXLOG_JOIN")]
+    join: Option<Vec<String>>,
+    /// The peer address other replicas dial for this one (needed to join).
+    #[arg(long, env = "PAXLOG_ADVERTISE_PEER")]
+    advertise_peer: Option<String>,
+    /// The client address others are told of (default: --http).
+    #[arg(long, env = "PAXLOG_ADVERTISE_HTTP")]
+    advertise_http: Option<String>,
+    /// After joining, ask to become a voter once caught up (retried until
+    /// it is one).
+    #[arg(long, env = "PAXLOG_PROMOTE")]
+    promote: bool,
     /// Client HTTP API address.
     #[arg(long, env = "PAXLOG_HTTP")]
     http: Option<SocketAddr>,
@@ -357,7 +392,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Verb::Node(args) => {
             init_logging(cli.log_format);
-            let cfg = node_config(*args)?;
+            let promote = args.promote;
+            let joining = args.join.clone();
+            let mut cfg = node_config(*args)?;
+            if let Some(endpoints) = joining {
+                if cfg.id as usize >= cfg.peers.len() {
+                    join::join(&mut cfg, &endpoints).await?;
+                    cfg.validate()?;
+                }
+            }
+            if promote {
+                tokio::spawn(join::promote_when_caught_up(cfg.clone()));
+            }
             paxlog_server::run_node(cfg, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -424,22 +470,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Db { endpoints } => client_call(&endpoints, Method::GET, "/db", None).await,
         Verb::Member {
             action,
-            id,
+            target,
+            address,
+            member_http,
+            wait_secs,
             endpoints,
         } => {
             let name = match action {
                 MemberVerb::List => {
                     return client_call(&endpoints, Method::GET, "/v1/members", None).await
                 }
+                MemberVerb::Replace => {
+                    let (Some(old), Some(address)) = (target, address) else {
+                        bail!("`paxlog member replace` needs the old replica's id and the new one's peer address");
+                    };
+                    let old: u32 = old
+                        .parse()
+                        .map_err(|_| anyhow!("`{old}` is not a replica id"))?;
+                    return replace_member(&endpoints, old, &address, member_http, wait_secs).await;
+                }
                 MemberVerb::Add => "add",
                 MemberVerb::Promote => "promote",
                 MemberVerb::Demote => "demote",
                 MemberVerb::Remove => "remove",
             };
-            let Some(id) = id else {
+            if address.is_some() {
+                bail!("`paxlog member {name}` takes one argument");
+            }
+            let Some(target) = target else {
                 bail!("`paxlog member {name}` needs the replica's id");
             };
-            let body = serde_json::json!({ "action": name, "id": id });
+            let body = match target.parse::<u32>() {
+                Ok(id) => serde_json::json!({ "action": name, "id": id }),
+                Err(_) if action == MemberVerb::Add => serde_json::json!({
+                    "action": "add",
+                    "peer_addr": target,
+                    "http_addr": member_http,
+                }),
+                Err(_) => bail!("`{target}` is not a replica id"),
+            };
             client_call_leader(&endpoints, "/v1/members", body).await
         }
         Verb::Fetch { round, endpoints } => {
@@ -580,45 +649,134 @@ async fn client_call(
 /// answers (a follower says 503 with the leader's id): the leader's answer,
 /// or an error that is not about leadership, decides.
 async fn client_call_leader(endpoints: &Endpoints, path: &str, body: Value) -> Result<ExitCode> {
+    match call_leader(endpoints, path, body.clone()).await {
+        Ok(response) => print_answer(&response),
+        // TLS or a token: the general path (no leader search).
+        Err(e) if e.downcast_ref::<NeedsGeneralPath>().is_some() => {
+            client_call(endpoints, Method::POST, path, Some(body)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A TLS endpoint or a token: `call_leader` does not search for the leader.
+#[derive(Debug)]
+struct NeedsGeneralPath;
+
+impl std::fmt::Display for NeedsGeneralPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("leader search needs plain HTTP without a token")
+    }
+}
+
+impl std::error::Error for NeedsGeneralPath {}
+
+/// POSTs `body` to each endpoint in turn, and to the leader a follower
+/// names, until one that is not a follower answers (a follower says 503):
+/// that answer.
+async fn call_leader(
+    endpoints: &Endpoints,
+    path: &str,
+    body: Value,
+) -> Result<client::HttpResponse> {
+    let http = client::new_client(1);
     let mut last = None;
-    for endpoint in &endpoints.endpoints {
-        let one = Endpoints {
-            endpoints: vec![endpoint.clone()],
-            token: endpoints.token.clone(),
-            cacert: endpoints.cacert.clone(),
-            client_cert: endpoints.client_cert.clone(),
-            client_key: endpoints.client_key.clone(),
-        };
-        let http = client::new_client(1);
+    let mut queue: Vec<String> = endpoints.endpoints.clone();
+    let mut tried = std::collections::HashSet::new();
+    while let Some(endpoint) = queue.pop() {
+        if !tried.insert(endpoint.clone()) || tried.len() > 16 {
+            continue;
+        }
         let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-        if url.starts_with("http://") && endpoints.token.is_none() {
-            match client::request(
-                &http,
-                Method::POST,
-                &url,
-                &[],
-                Some(Bytes::from(body.to_string())),
-            )
-            .await
-            {
-                Ok(response) if response.status.as_u16() == 503 => {
-                    last = Some(String::from_utf8_lossy(&response.body).into_owned());
-                    continue;
-                }
-                Ok(response) => return print_answer(&response),
-                Err(e) => {
-                    last = Some(format!("{e:#}"));
-                    continue;
+        if !url.starts_with("http://") || endpoints.token.is_some() {
+            return Err(NeedsGeneralPath.into());
+        }
+        match client::request(
+            &http,
+            Method::POST,
+            &url,
+            &[],
+            Some(Bytes::from(body.to_string())),
+        )
+        .await
+        {
+            Ok(response) if response.status.as_u16() == 503 => {
+                last = Some(String::from_utf8_lossy(&response.body).into_owned());
+                // Ask the member list who leads, and go there next.
+                let members = format!("{}/v1/members", endpoint.trim_end_matches('/'));
+                if let Ok(r) = client::request(&http, Method::GET, &members, &[], None).await {
+                    let json: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                    if let Some(leader) = json["leader_http"].as_str() {
+                        queue.push(join::endpoint_url(leader, false));
+                    }
                 }
             }
+            Ok(response) => return Ok(response),
+            Err(e) => last = Some(format!("{e:#}")),
         }
-        // TLS or a token: the general path (no leader search).
-        return client_call(&one, Method::POST, path, Some(body.clone())).await;
     }
     bail!(
         "no endpoint took the change (is a leader elected?); last answer: {}",
         last.unwrap_or_default()
     )
+}
+
+/// `paxlog member replace OLD ADDR`: the new replica at ADDR is added as a
+/// learner, promoted once it has caught up (it must be started meanwhile,
+/// e.g. with `paxlog node --join`), and only then is OLD removed, so the
+/// cluster never has fewer voters than before.
+async fn replace_member(
+    endpoints: &Endpoints,
+    old: u32,
+    address: &str,
+    http: Option<String>,
+    wait_secs: u64,
+) -> Result<ExitCode> {
+    let added = call_leader(
+        endpoints,
+        "/v1/members",
+        serde_json::json!({ "action": "add", "peer_addr": address, "http_addr": http }),
+    )
+    .await?;
+    let answer: Value = serde_json::from_slice(&added.body).unwrap_or_default();
+    if !added.status.is_success() {
+        bail!("adding {address} failed: {answer}");
+    }
+    let new = answer["id"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the cluster answered without an id: {answer}"))?;
+    eprintln!("replica {new} at {address} is a learner; start it (paxlog node --join ...) if it is not running: waiting for it to catch up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    loop {
+        let promoted = call_leader(
+            endpoints,
+            "/v1/members",
+            serde_json::json!({ "action": "promote", "id": new }),
+        )
+        .await?;
+        let answer: Value = serde_json::from_slice(&promoted.body).unwrap_or_default();
+        if promoted.status.is_success() {
+            break;
+        }
+        let already = answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not a learner"));
+        if already {
+            break; // promoted by an earlier attempt (or by itself: --promote)
+        }
+        if promoted.status.as_u16() != 409 || std::time::Instant::now() > deadline {
+            bail!("promoting replica {new} failed: {answer}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("replica {new} votes; removing replica {old}");
+    let removed = call_leader(
+        endpoints,
+        "/v1/members",
+        serde_json::json!({ "action": "remove", "id": old }),
+    )
+    .await?;
+    print_answer(&removed)
 }
 
 /// Prints a replica's answer (JSON pretty-printed); fails on a non-2xx.
@@ -654,6 +812,9 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         if let Some(peers) = &args.peers {
             cfg.peers = peers.clone();
         }
+        if args.join.is_some() && args.id.is_none() {
+            cfg.id = u32::MAX; // given by the cluster (see `join`)
+        }
         if let Some(http) = args.http {
             cfg.http = http;
         }
@@ -664,9 +825,10 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     let mut cfg = match cfg {
         Some(cfg) => cfg,
         None => {
+            let joining = args.join.is_some();
             let missing: Vec<&str> = [
-                ("--id", args.id.is_none()),
-                ("--peers", args.peers.is_none()),
+                ("--id", args.id.is_none() && !joining),
+                ("--peers", args.peers.is_none() && !joining),
                 ("--http", args.http.is_none()),
                 ("--data-dir", args.data_dir.is_none()),
             ]
@@ -674,8 +836,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
             .filter(|(_, m)| *m)
             .map(|(n, _)| *n)
             .collect();
+            // A replica that joins gets its id from the cluster; until then
+            // it has none (u32::MAX is outside every --peers).
+            let id = args.id.or(joining.then_some(u32::MAX));
+            let peers = args.peers.or(joining.then(Vec::new));
             let (Some(id), Some(peers), Some(http), Some(data_dir)) =
-                (args.id, args.peers, args.http, args.data_dir)
+                (id, peers, args.http, args.data_dir)
             else {
                 bail!("missing {} (or give --config FILE)", missing.join(", "));
             };
@@ -684,6 +850,15 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     };
     if let Some(v) = args.cluster_id {
         cfg.cluster_id = v;
+    }
+    if args.peer_listen.is_some() {
+        cfg.peer_listen = args.peer_listen;
+    }
+    if args.advertise_peer.is_some() {
+        cfg.advertise_peer = args.advertise_peer;
+    }
+    if args.advertise_http.is_some() {
+        cfg.advertise_http = args.advertise_http;
     }
     if let Some(v) = args.cluster_secret {
         cfg.cluster_secret = Some(v);
@@ -728,7 +903,10 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
             ClusterStateArg::Existing => InitialClusterState::Existing,
         });
     }
-    cfg.validate()?;
+    // A replica that joins is checked once it knows its id (see `join`).
+    if !(args.join.is_some() && cfg.id as usize >= cfg.peers.len()) {
+        cfg.validate()?;
+    }
     Ok(cfg)
 }
 

@@ -162,6 +162,9 @@ pub struct KvStore {
     /// that was and is no more is retired: its registration no longer
     /// answers for its address, and no id is ever given out twice.
     ever_members: u64,
+    /// Moves whenever the address book or the membership may have changed
+    /// (not replicated state: a cue for the server to redial its peers).
+    book_version: u64,
     /// Test only (the simulator's planted `dedup-expiry` bug): a client
     /// without a session always runs (and `precheck` lets it through),
     /// whatever its stamp, as before stamps existed. Here rather than in
@@ -202,6 +205,7 @@ impl KvStore {
             membership: None,
             addresses: BTreeMap::new(),
             ever_members: 0,
+            book_version: 0,
             ignore_request_stamps: false,
         }
     }
@@ -318,6 +322,12 @@ impl KvStore {
         &self.addresses
     }
 
+    /// Changes whenever the address book or the membership may have (see
+    /// the field).
+    pub fn book_version(&self) -> u64 {
+        self.book_version
+    }
+
     /// Was `id` a member once and is no more (so it never comes back)?
     pub fn is_retired(&self, id: u32) -> bool {
         id <= MAX_NODE_ID
@@ -352,6 +362,7 @@ impl KvStore {
             .iter()
             .find(|(id, a)| a.peer_addr == peer_addr && !self.is_retired(**id))
             .map(|(id, _)| *id);
+        self.book_version += 1;
         if let Some(id) = live {
             if let (Some(http), Some(entry)) = (http_addr, self.addresses.get_mut(&id)) {
                 entry.http_addr = Some(http);
@@ -906,6 +917,7 @@ impl StateMachine for KvStore {
             },
             Entry::Config { membership, .. } => {
                 self.ever_members |= membership.members_mask();
+                self.book_version += 1;
                 self.membership = Some(membership.clone());
                 ApplyOutput {
                     slot,
@@ -1058,6 +1070,7 @@ impl StateMachine for KvStore {
         self.db = db;
         self.addresses = addresses;
         self.ever_members = body.ever_members;
+        self.book_version += 1;
         self.applied_upto = applied_upto;
         self.sessions = sessions;
         self.by_use = by_use.into();

@@ -8,10 +8,29 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This replica's index into `peers`.
+    /// This replica's id: its index into `peers`, or, for a replica that
+    /// joined a running cluster, the id the cluster gave it.
     pub id: u32,
-    /// Every replica's peer-protocol address, in id order (this one's too).
-    pub peers: Vec<SocketAddr>,
+    /// The bootstrap replicas' peer-protocol addresses (`host:port`; host
+    /// names are resolved at every connection attempt), in id order.
+    pub peers: Vec<String>,
+    /// Where the peer listener binds. Default: this replica's own address
+    /// (its `peers` entry, or `advertise_peer`) if that is an IP address,
+    /// else all interfaces on its port.
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The address other replicas dial for this one, for a replica that is
+    /// not in `peers` (it joined).
+    #[serde(default)]
+    pub advertise_peer: Option<String>,
+    /// The client address others are told of for this replica (a joined
+    /// replica's, on the dashboard and in `/v1/members`).
+    #[serde(default)]
+    pub advertise_http: Option<String>,
+    /// What the cluster told this replica when it joined (from its data
+    /// folder, or from the join itself on an empty folder).
+    #[serde(skip)]
+    pub joined: Option<paxlog_storage::JoinedCluster>,
     /// The client HTTP API address.
     pub http: SocketAddr,
     pub data_dir: PathBuf,
@@ -143,11 +162,55 @@ mod defaults {
 pub const MIN_SNAPSHOT_BYTES: u64 = 4096;
 
 impl NodeConfig {
+    /// The address other replicas dial for this one.
+    pub fn own_peer_addr(&self) -> Option<&str> {
+        self.advertise_peer
+            .as_deref()
+            .or_else(|| self.peers.get(self.id as usize).map(String::as_str))
+    }
+
+    /// The client address other replicas and clients are told of.
+    pub fn own_http_addr(&self) -> String {
+        match &self.advertise_http {
+            Some(a) => a.clone(),
+            None => self.http.to_string(),
+        }
+    }
+
+    /// Where the peer listener binds (see `peer_listen`).
+    pub fn peer_listen_addr(&self) -> Result<SocketAddr, ServerError> {
+        if let Some(addr) = self.peer_listen {
+            return Ok(addr);
+        }
+        let own = self.own_peer_addr().ok_or_else(|| {
+            ServerError::Config(
+                "this replica has no peer address (--peers or --advertise-peer)".into(),
+            )
+        })?;
+        if let Ok(addr) = own.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let port = own
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| ServerError::Config(format!("peer address {own:?} has no port")))?;
+        Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
     /// A configuration with every tunable at its default.
-    pub fn new(id: u32, peers: Vec<SocketAddr>, http: SocketAddr, data_dir: PathBuf) -> Self {
+    pub fn new<A: ToString>(
+        id: u32,
+        peers: Vec<A>,
+        http: SocketAddr,
+        data_dir: PathBuf,
+    ) -> Self {
         NodeConfig {
             id,
-            peers,
+            peers: peers.into_iter().map(|a| a.to_string()).collect(),
+            peer_listen: None,
+            advertise_peer: None,
+            advertise_http: None,
+            joined: None,
             http,
             data_dir,
             cluster_id: defaults::cluster_id(),
@@ -185,27 +248,48 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.peers.is_empty() || self.peers.len() > 64 {
+        if self.peers.len() > 64 || (self.peers.is_empty() && self.joined.is_none()) {
             return fail(format!(
                 "--peers must list 1 to 64 replica addresses, got {}",
                 self.peers.len()
             ));
         }
-        if self.id as usize >= self.peers.len() {
+        if self.joined.is_some() {
+            if self.id > paxlog_core::MAX_NODE_ID {
+                return fail(format!("replica id {} is above 63", self.id));
+            }
+            if self.advertise_peer.is_none() && (self.id as usize) >= self.peers.len() {
+                return fail(
+                    "a replica that joined needs --advertise-peer (the address others dial)".into(),
+                );
+            }
+        } else if self.id as usize >= self.peers.len() {
             return fail(format!(
-                "--id {} is outside the {} replicas listed in --peers (ids start at 0)",
+                "--id {} is outside the {} replicas listed in --peers (ids start at 0); a new replica joins with --join",
                 self.id,
                 self.peers.len()
             ));
         }
         for (i, a) in self.peers.iter().enumerate() {
+            if let Err(why) = paxlog_kv::check_member_addr(a) {
+                return fail(format!("--peers: {why}"));
+            }
             if self.peers[..i].contains(a) {
                 return fail(format!("--peers lists {a} twice"));
             }
         }
-        if self.peers.contains(&self.http) {
+        for a in [&self.advertise_peer, &self.advertise_http]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(why) = paxlog_kv::check_member_addr(a) {
+                return fail(format!("advertised address: {why}"));
+            }
+        }
+        if self.peers.contains(&self.http.to_string()) {
             return fail(format!("--http {} is also a peer address", self.http));
         }
+        self.peer_listen_addr()?;
         let tls_files = [&self.tls_cert, &self.tls_key, &self.tls_ca];
         let given = tls_files.iter().filter(|f| f.is_some()).count();
         if given != 0 && given != 3 {

@@ -35,7 +35,7 @@ const DRIVER_QUEUE: usize = 65_536;
 /// Runs one replica until `shutdown` resolves (clean stop) or the replica
 /// fails (an error the process should exit with).
 pub async fn run_node(
-    cfg: NodeConfig,
+    mut cfg: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     cfg.validate()?;
@@ -46,7 +46,17 @@ pub async fn run_node(
         Some(InitialClusterState::New) => OnEmpty::Bootstrap,
         Some(InitialClusterState::Existing) => OnEmpty::Join,
     };
-    let data_dir = DataDir::open(&cfg.data_dir, &cfg.cluster_id, cfg.id, on_empty)?;
+    let data_dir = DataDir::open_joined(
+        &cfg.data_dir,
+        &cfg.cluster_id,
+        cfg.id,
+        on_empty,
+        cfg.joined.as_ref(),
+    )?;
+    // A folder that joined keeps what the cluster told it then.
+    if let Some(joined) = &data_dir.metadata().joined {
+        cfg.joined = Some(joined.clone());
+    }
     let metrics = Arc::new(metrics::Metrics::new(cfg.id));
     let Restored {
         kv,
@@ -64,27 +74,31 @@ pub async fn run_node(
         cfg.data_dir.display()
     );
 
-    let voters = cfg.initial_voters.unwrap_or(cfg.peers.len() as u32);
+    // (A replica that joined has no bootstrap list: its membership is set
+    // below, and the size only has to be valid.)
+    let voters = cfg.initial_voters.unwrap_or(cfg.peers.len() as u32).max(1);
     let mut core_cfg = CoreConfig::new(NodeId(cfg.id), voters);
     core_cfg.heartbeat_interval_ticks = cfg.heartbeat_ticks;
     core_cfg.election_timeout_ticks = cfg.election_ticks;
     // The membership where the log begins: the snapshot's, if a change was
     // ever applied; else the bootstrap one (every listed peer votes).
-    core_cfg.membership = kv.membership().cloned();
+    // A replica that joined starts from the membership it joined under.
+    core_cfg.membership = kv
+        .membership()
+        .cloned()
+        .or_else(|| cfg.joined.as_ref().map(|j| j.membership.clone()));
     let seed = RandomState::new().build_hasher().finish();
     let replica = Replica::new(core_cfg, durable, seed);
 
-    let peers = cfg
-        .peers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i as u32 != cfg.id)
-        .map(|(i, a)| (i as u32, *a))
+    let peers: Vec<(u32, String)> = driver::peer_addresses(&cfg, &kv, &Default::default())
+        .into_iter()
+        .filter(|(id, _)| *id != cfg.id)
+        .map(|(id, a)| (id, a.peer_addr))
         .collect();
     let mut transport_cfg = TransportConfig::new(
         cfg.id,
         cfg.cluster_id.clone(),
-        cfg.peers[cfg.id as usize],
+        cfg.peer_listen_addr()?,
         peers,
     );
     if let Some(secret) = &cfg.cluster_secret {
@@ -154,6 +168,8 @@ pub async fn run_node(
             http: cfg.http,
             http_peers: cfg.http_peers.clone(),
             ready_max_lag_rounds: cfg.ready_max_lag_rounds,
+            cluster_id: cfg.cluster_id.clone(),
+            min_new_id: (cfg.peers.len() as u32).max(cfg.id + 1),
         },
     );
     let tokens = std::sync::Arc::new(auth::Tokens {
@@ -167,7 +183,7 @@ pub async fn run_node(
             auth::require_token,
         ));
     }
-    tracing::info!(node = node_id, http = %cfg.http, peer = %cfg.peers[cfg.id as usize], "serving");
+    tracing::info!(node = node_id, http = %cfg.http, peer = cfg.own_peer_addr().unwrap_or("?"), "serving");
 
     let (stop_http_tx, stop_http) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -23,4 +23,7 @@ pub enum Wire {
     },
     /// The asked-for snapshot does not exist (any more).
     SnapshotUnavailable,
+    /// Where the sender serves clients (sent now and then): a follower
+    /// can then point a client, or a replica that joins, at its leader.
+    ClientAddress { http_addr: String },
 }

@@ -23,6 +23,29 @@ pub struct Metadata {
     pub format_version: u32,
     pub cluster_id: String,
     pub node_id: u32,
+    /// For a replica that joined a running cluster: what the cluster told
+    /// it when it joined (absent for the bootstrap replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<JoinedCluster>,
+}
+
+/// What a replica that joined learned from the cluster at that moment: the
+/// membership then (the log it receives starts under it, or under a
+/// snapshot's) and where the members were. Kept in `paxlog.meta` so a
+/// restart finds its peers before it has applied anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinedCluster {
+    pub membership: paxlog_core::Membership,
+    pub members: Vec<JoinedMember>,
+}
+
+/// One member as a joining replica heard of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinedMember {
+    pub id: u32,
+    pub peer_addr: String,
+    #[serde(default)]
+    pub http_addr: Option<String>,
 }
 
 /// An opened, locked data directory. The lock is held until this is dropped.
@@ -197,6 +220,18 @@ impl DataDir {
         node_id: u32,
         on_empty: OnEmpty,
     ) -> Result<DataDir> {
+        Self::open_joined(path, cluster_id, node_id, on_empty, None)
+    }
+
+    /// [`open`](Self::open) for a replica that joined: an empty folder
+    /// records `joined` in its metadata (a folder with data keeps its own).
+    pub fn open_joined(
+        path: impl AsRef<Path>,
+        cluster_id: &str,
+        node_id: u32,
+        on_empty: OnEmpty,
+        joined: Option<&JoinedCluster>,
+    ) -> Result<DataDir> {
         let path = path.as_ref().to_path_buf();
         if cluster_id.is_empty() {
             return Err(StorageError::InvalidArgument("cluster id is empty".into()));
@@ -272,6 +307,7 @@ impl DataDir {
                     format_version: META_FORMAT_VERSION,
                     cluster_id: cluster_id.to_string(),
                     node_id,
+                    joined: joined.cloned(),
                 };
                 let mut json = serde_json::to_vec_pretty(&meta).map_err(|e| {
                     StorageError::InvalidArgument(format!("encoding metadata: {e}"))

@@ -19,8 +19,9 @@ mod snapshot;
 mod wal;
 
 pub use datadir::{
-    clear_recovering, mark_recovering, read_metadata, recovering_reason, DataDir, Metadata,
-    OnEmpty, Recovery, LOCK_FILE, META_FILE, META_FORMAT_VERSION, RECOVERING_FILE,
+    clear_recovering, mark_recovering, read_metadata, recovering_reason, DataDir, JoinedCluster,
+    JoinedMember, Metadata, OnEmpty, Recovery, LOCK_FILE, META_FILE, META_FORMAT_VERSION,
+    RECOVERING_FILE,
 };
 pub use error::{Result, StorageError};
 pub use format::{

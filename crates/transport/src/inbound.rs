@@ -1,30 +1,29 @@
 //! Inbound side: the listener and one read-only task per accepted connection.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::tls::PeerStream;
 use serde::de::DeserializeOwned;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::wire::{self, Challenge, Hello, HelloAck, MAGIC, PROTOCOL_VERSION};
-use crate::{wait_shutdown, GlobalStats, Inbound, TransportConfig, TransportError};
+use crate::{wait_shutdown, GlobalStats, Inbound, PeerTable, TransportConfig, TransportError};
 
 const READ_BUFFER: usize = 64 * 1024;
 
 struct ListenerCtx<M> {
     config: Arc<TransportConfig>,
     stats: Arc<GlobalStats>,
+    /// The current peer set: only its members are admitted, and it tracks
+    /// each peer's current inbound connection.
+    peers: Arc<PeerTable<M>>,
     inbound_tx: mpsc::Sender<Inbound<M>>,
-    /// Current inbound connection per peer id; a newer one supersedes (closes)
-    /// the older, so half-open leftovers do not linger.
-    current: Mutex<HashMap<u32, (u64, Arc<Notify>)>>,
     next_conn: AtomicU64,
 }
 
@@ -32,14 +31,15 @@ pub(crate) async fn listener_task<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
     config: Arc<TransportConfig>,
     stats: Arc<GlobalStats>,
+    peers: Arc<PeerTable<M>>,
     inbound_tx: mpsc::Sender<Inbound<M>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(ListenerCtx {
         config,
         stats,
+        peers,
         inbound_tx,
-        current: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(0),
     });
     let mut conns = JoinSet::new();
@@ -131,35 +131,26 @@ async fn connection_task<M: DeserializeOwned + Send + 'static>(
             return;
         }
     };
+    let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let Some(close) = ctx.peers.register_inbound(from, conn_id) else {
+        // Removed between the handshake's check and now.
+        ctx.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node, peer = from, %addr, "inbound connection dropped: peer was just removed");
+        return;
+    };
     ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(node, peer = from, %addr, "inbound connection accepted");
-
-    let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-    let superseded = Arc::new(Notify::new());
-    if let Some((_, old)) = ctx
-        .current
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(from, (conn_id, superseded.clone()))
-    {
-        old.notify_one();
-    }
 
     let result = tokio::select! {
         biased;
         _ = wait_shutdown(&mut shutdown) => Ok(()),
-        _ = superseded.notified() => {
-            tracing::debug!(node, peer = from, "inbound connection superseded by a newer one");
+        _ = close.notified() => {
+            tracing::debug!(node, peer = from, "inbound connection closed: superseded by a newer one, or peer removed");
             Ok(())
         }
         r = read_loop(&mut reader, from, &ctx) => r,
     };
-    {
-        let mut cur = ctx.current.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(cur.get(&from), Some((id, _)) if *id == conn_id) {
-            cur.remove(&from);
-        }
-    }
+    ctx.peers.unregister_inbound(from, conn_id);
     if let Err(e) = result {
         match e {
             TransportError::FrameTooLarge { .. } => {
@@ -225,7 +216,8 @@ async fn accept_handshake<M>(
             hello.node_id
         )));
     }
-    if !cfg.peers.iter().any(|(id, _)| *id == hello.node_id) {
+    // The current set, not the configured one: peers come and go at runtime.
+    if !ctx.peers.contains(hello.node_id) {
         return Err(Rejection::Refused(format!(
             "unknown node id {}",
             hello.node_id

@@ -1,6 +1,8 @@
 //! Outbound side: one task per peer owning a bounded queue and a persistent
-//! connection.
+//! connection to the peer's current address, which is a name resolved at
+//! every connect attempt.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,37 +72,79 @@ impl Backoff {
     }
 }
 
+/// Why the peer task stopped waiting for a connection, a session or a
+/// backoff delay.
+enum Interrupt {
+    /// Transport shutdown or peer removed: exit.
+    Stop,
+    /// The peer's address changed: dial the new one now.
+    Retarget,
+}
+
+/// Waits for the peer's address to change (`Retarget`) or its address
+/// channel to close, i.e. the peer was removed (`Stop`).
+async fn addr_changed(addr: &mut watch::Receiver<String>) -> Interrupt {
+    match addr.changed().await {
+        Ok(()) => Interrupt::Retarget,
+        Err(_) => Interrupt::Stop,
+    }
+}
+
+/// The outbound task of one peer: dials the peer's current address (resolved
+/// afresh at each attempt, as the IP behind a name may change) and drains
+/// the queue into the connection, reconnecting with backoff. It exits on
+/// shutdown or when the peer is removed, and re-dials at once when the
+/// peer's address changes.
 pub(crate) async fn peer_task<M: Serialize + Send + 'static>(
     config: Arc<TransportConfig>,
     peer: Arc<PeerShared>,
     mut rx: mpsc::Receiver<M>,
+    mut addr_rx: watch::Receiver<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let seed = (u64::from(config.node_id) << 32) | u64::from(peer.id);
     let mut backoff = Backoff::new(config.connect_backoff_min, config.connect_backoff_max, seed);
     let mut logged_failure = false;
     loop {
+        let addr = addr_rx.borrow_and_update().clone();
         let connected = tokio::select! {
             biased;
             _ = wait_shutdown(&mut shutdown) => return,
-            r = connect(&config, &peer) => r,
+            i = addr_changed(&mut addr_rx) => match i {
+                Interrupt::Stop => return,
+                Interrupt::Retarget => {
+                    backoff.reset();
+                    continue;
+                }
+            },
+            r = connect(&config, peer.id, &addr) => r,
         };
         match connected {
-            Ok(stream) => {
+            Ok((stream, remote)) => {
                 backoff.reset();
                 logged_failure = false;
                 peer.connects.fetch_add(1, Ordering::Relaxed);
-                peer.connected.store(true, Ordering::Relaxed);
-                tracing::debug!(node = config.node_id, peer = peer.id, addr = %peer.addr, "connected");
+                peer.set_connected(Some(remote));
+                tracing::debug!(node = config.node_id, peer = peer.id, %addr, %remote, "connected");
                 let end = tokio::select! {
                     biased;
-                    _ = wait_shutdown(&mut shutdown) => None,
-                    r = run_session(stream, &mut rx, &peer, config.max_frame_bytes) => Some(r),
+                    _ = wait_shutdown(&mut shutdown) => Err(Interrupt::Stop),
+                    i = addr_changed(&mut addr_rx) => Err(i),
+                    r = run_session(stream, &mut rx, &peer, config.max_frame_bytes) => Ok(r),
                 };
-                peer.connected.store(false, Ordering::Relaxed);
+                peer.set_connected(None);
                 match end {
-                    None | Some(Ok(())) => return,
-                    Some(Err(e)) => {
+                    Err(Interrupt::Stop) | Ok(Ok(())) => return,
+                    Err(Interrupt::Retarget) => {
+                        tracing::debug!(
+                            node = config.node_id,
+                            peer = peer.id,
+                            "address changed, reconnecting"
+                        );
+                        backoff.reset();
+                        continue;
+                    }
+                    Ok(Err(e)) => {
                         tracing::info!(node = config.node_id, peer = peer.id, error = %e, "connection lost");
                         peer.set_error(e.to_string());
                     }
@@ -120,17 +164,25 @@ pub(crate) async fn peer_task<M: Serialize + Send + 'static>(
         tokio::select! {
             biased;
             _ = wait_shutdown(&mut shutdown) => return,
+            i = addr_changed(&mut addr_rx) => match i {
+                Interrupt::Stop => return,
+                Interrupt::Retarget => backoff.reset(),
+            },
             _ = tokio::time::sleep(delay) => {}
         }
     }
 }
 
+/// Resolves `addr` (`host:port`) and connects to the first resolved address
+/// that accepts, then runs TLS (if configured) and the handshake, all within
+/// `handshake_timeout`. Returns the stream and the address it reached.
 async fn connect(
     config: &TransportConfig,
-    peer: &PeerShared,
-) -> Result<PeerStream, TransportError> {
+    peer_id: u32,
+    addr: &str,
+) -> Result<(PeerStream, SocketAddr), TransportError> {
     let fut = async {
-        let tcp = TcpStream::connect(peer.addr).await?;
+        let (tcp, remote) = dial(addr).await?;
         tcp.set_nodelay(true)?;
         let mut stream: PeerStream = match &config.tls {
             None => Box::new(tcp),
@@ -141,13 +193,43 @@ async fn connect(
                     .map_err(|e| TransportError::Rejected(format!("TLS handshake failed: {e}")))?,
             ),
         };
-        dial_handshake(&mut stream, config, peer.id).await?;
-        Ok(stream)
+        dial_handshake(&mut stream, config, peer_id).await?;
+        Ok((stream, remote))
     };
     match tokio::time::timeout(config.handshake_timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(TransportError::Timeout),
     }
+}
+
+/// Resolves `addr` now (never cached: the IP behind a name changes when a
+/// container is re-created) and tries each resolved address in turn; the
+/// error is the last address's.
+async fn dial(addr: &str) -> Result<(TcpStream, SocketAddr), TransportError> {
+    let resolve_err = |source| TransportError::Resolve {
+        name: addr.to_string(),
+        source,
+    };
+    let resolved = tokio::net::lookup_host(addr).await.map_err(resolve_err)?;
+    let mut last = None;
+    for remote in resolved {
+        match TcpStream::connect(remote).await {
+            Ok(tcp) => return Ok((tcp, remote)),
+            Err(source) => {
+                last = Some(TransportError::Connect {
+                    name: addr.to_string(),
+                    addr: remote,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        resolve_err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses found",
+        ))
+    }))
 }
 
 /// Dialer side of the handshake (see [`crate::wire`]).

@@ -279,6 +279,8 @@ pub struct Cluster {
     pub http_ports: Vec<u16>,
     pub extra_args: Vec<String>,
     nodes: Vec<Option<Child>>,
+    /// The replicas listed in `--peers`; the ones after them join.
+    bootstrap: usize,
 }
 
 impl Cluster {
@@ -291,7 +293,53 @@ impl Cluster {
             http_ports: ports[n..].to_vec(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             nodes: (0..n).map(|_| None).collect(),
+            bootstrap: n,
         }
+    }
+
+    /// Room for one more replica, not in `--peers`: it joins (see
+    /// `joiner_command`). Returns its slot in this harness (not its id,
+    /// which the cluster gives).
+    pub fn add_slot(&mut self) -> usize {
+        let ports = free_ports(2);
+        self.peer_ports.push(ports[0]);
+        self.http_ports.push(ports[1]);
+        self.nodes.push(None);
+        self.http_ports.len() - 1
+    }
+
+    /// `paxlog node --join` for slot `i`, through replica `via`'s client
+    /// address, its own peer address given as a host name.
+    pub fn joiner_command(&self, i: usize, via: usize, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("node")
+            .args(["--join", &format!("127.0.0.1:{}", self.http_ports[via])])
+            .args([
+                "--advertise-peer",
+                &format!("localhost:{}", self.peer_ports[i]),
+            ])
+            .args(["--http", &format!("127.0.0.1:{}", self.http_ports[i])])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(extra);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        cmd.env("RUST_LOG", "info")
+            .env_remove("PAXLOG_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        cmd
+    }
+
+    /// Starts slot `i` with `cmd` and waits until it serves.
+    pub fn start_with(&mut self, i: usize, mut cmd: Command) {
+        assert!(self.nodes[i].is_none(), "node {i} is already running");
+        self.nodes[i] = Some(cmd.spawn().unwrap());
+        self.wait_serving(i);
     }
 
     pub fn size(&self) -> usize {
@@ -311,7 +359,7 @@ impl Cluster {
     }
 
     pub fn peers_arg(&self) -> String {
-        self.peer_ports
+        self.peer_ports[..self.bootstrap]
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()

@@ -79,6 +79,8 @@ pub struct MembersReport {
     pub voters: Vec<u32>,
     pub learners: Vec<u32>,
     pub leader: Option<u32>,
+    /// Where each known replica can be reached (this one included).
+    pub addresses: BTreeMap<u32, paxlog_kv::MemberAddress>,
 }
 
 pub struct WriteRequest {

@@ -66,6 +66,11 @@ pub trait SnapshotReceiving: Send {
 pub trait PeerNetwork: Send {
     fn send(&mut self, to: u32, wire: Wire);
     fn peer_status(&self) -> Vec<PeerStatus>;
+    /// Reach replica `id` at `addr` from now on (it joined, or moved).
+    /// A network that routes by id alone (the simulator's) ignores it.
+    fn set_peer(&mut self, _id: u32, _addr: &str) {}
+    /// Stop dialing replica `id` (it was removed).
+    fn remove_peer(&mut self, _id: u32) {}
 }
 
 /// Monotonic time.
@@ -158,6 +163,14 @@ impl PeerNetwork for TransportHandle<Wire> {
     }
     fn peer_status(&self) -> Vec<PeerStatus> {
         TransportHandle::peer_status(self)
+    }
+    fn set_peer(&mut self, id: u32, addr: &str) {
+        if let Err(e) = TransportHandle::set_peer(self, id, addr) {
+            tracing::warn!(peer = id, addr, error = %e, "cannot dial the replica at this address");
+        }
+    }
+    fn remove_peer(&mut self, id: u32) {
+        TransportHandle::remove_peer(self, id);
     }
 }
 

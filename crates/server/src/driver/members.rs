@@ -4,6 +4,58 @@
 
 use super::*;
 use paxlog_core::{ConfigChangeError, Membership, MAX_NODE_ID};
+use paxlog_kv::MemberAddress;
+
+/// Where each replica this one knows of can be reached, this one included:
+/// the bootstrap replicas (`--peers`, `http_peers`), the members a joined
+/// replica was told of when it joined, then the replicated address book
+/// (which wins: it is newer). Retired ids are left out.
+pub fn peer_addresses(
+    cfg: &NodeConfig,
+    kv: &KvStore,
+    heard_http: &BTreeMap<u32, String>,
+) -> BTreeMap<u32, MemberAddress> {
+    let mut book = BTreeMap::new();
+    for (i, peer_addr) in cfg.peers.iter().enumerate() {
+        book.insert(
+            i as u32,
+            MemberAddress {
+                peer_addr: peer_addr.clone(),
+                http_addr: cfg.http_peers.get(i).map(|a| a.to_string()),
+            },
+        );
+    }
+    if let Some(joined) = &cfg.joined {
+        for m in &joined.members {
+            book.insert(
+                m.id,
+                MemberAddress {
+                    peer_addr: m.peer_addr.clone(),
+                    http_addr: m.http_addr.clone(),
+                },
+            );
+        }
+    }
+    for (id, address) in kv.member_addresses() {
+        book.insert(*id, address.clone());
+    }
+    book.retain(|id, _| !kv.is_retired(*id));
+    for (id, address) in book.iter_mut() {
+        if address.http_addr.is_none() {
+            address.http_addr = heard_http.get(id).cloned();
+        }
+    }
+    if let Some(own) = cfg.own_peer_addr() {
+        book.insert(
+            cfg.id,
+            MemberAddress {
+                peer_addr: own.to_string(),
+                http_addr: Some(cfg.own_http_addr()),
+            },
+        );
+    }
+    book
+}
 
 /// A learner is promoted only within this many rounds of the leader (etcd
 /// refuses to promote a learner that is not in sync, for the same reason:
@@ -26,7 +78,40 @@ impl Driver {
             voters: membership.voter_ids().map(|n| n.0).collect(),
             learners: membership.learner_ids().map(|n| n.0).collect(),
             leader: self.replica.leader().map(|n| n.0),
+            addresses: peer_addresses(&self.cfg, &self.kv, &self.heard_http),
         }
+    }
+
+    /// Points the transport at every replica the address book names (a
+    /// replica that joined, or moved) and away from retired ones. Cheap
+    /// when nothing changed: the store says when it may have.
+    pub(super) fn sync_peer_addresses(&mut self) {
+        if self.kv.book_version() == self.book_version_dialed {
+            return;
+        }
+        self.book_version_dialed = self.kv.book_version();
+        let wanted: BTreeMap<u32, String> = peer_addresses(&self.cfg, &self.kv, &self.heard_http)
+            .into_iter()
+            .filter(|(id, _)| *id != self.cfg.id)
+            .map(|(id, a)| (id, a.peer_addr))
+            .collect();
+        for (id, addr) in &wanted {
+            if self.dialed.get(id) != Some(addr) {
+                tracing::info!(node = self.cfg.id, peer = id, addr = %addr, "peer address");
+                self.transport.set_peer(*id, addr);
+            }
+        }
+        for id in self.dialed.keys() {
+            if !wanted.contains_key(id) {
+                tracing::info!(
+                    node = self.cfg.id,
+                    peer = id,
+                    "peer retired: no longer dialed"
+                );
+                self.transport.remove_peer(*id);
+            }
+        }
+        self.dialed = wanted;
     }
 
     pub(super) fn start_membership_change(&mut self, request: MembershipRequest) {
@@ -59,10 +144,21 @@ impl Driver {
                 "another membership change is in progress here".into(),
             ));
         }
-        if id > MAX_NODE_ID || id as usize >= self.cfg.peers.len() {
+        if id > MAX_NODE_ID {
             return Err(DriverError::Invalid(format!(
-                "replica {id} has no address: --peers lists replicas 0 to {}",
-                self.cfg.peers.len().saturating_sub(1)
+                "replica ids are 0 to {MAX_NODE_ID}, not {id}"
+            )));
+        }
+        if self.kv.is_retired(id) {
+            return Err(DriverError::Invalid(format!(
+                "replica {id} was removed, and ids are never reused: a new replica joins with a new id"
+            )));
+        }
+        if action == MemberAction::Add
+            && !peer_addresses(&self.cfg, &self.kv, &self.heard_http).contains_key(&id)
+        {
+            return Err(DriverError::Invalid(format!(
+                "replica {id} has no address: give its address (\"peer_addr\") to add it, or start it with --join"
             )));
         }
         let current = self.replica.membership().clone();

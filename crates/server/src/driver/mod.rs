@@ -44,7 +44,7 @@ mod writes;
 
 pub use api::*;
 use io::{Clock, LogStorage, PeerNetwork, SnapshotReceiving, SnapshotStorage};
-pub use members::{MEMBERSHIP_CLIENT_ID, PROMOTE_MAX_LAG_ROUNDS};
+pub use members::{peer_addresses, MEMBERSHIP_CLIENT_ID, PROMOTE_MAX_LAG_ROUNDS};
 use observe::{AliveGuard, CatchUp};
 use reads::describe_entry;
 use snapshots::IncomingSnapshot;
@@ -119,6 +119,14 @@ pub struct Driver {
     pending_change: Option<members::PendingChange>,
     /// The round of the last membership change applied here.
     membership_round: Option<u64>,
+    /// The peer addresses the transport was last given, and the store's
+    /// `book_version` then.
+    dialed: BTreeMap<u32, String>,
+    book_version_dialed: u64,
+    /// Client addresses peers announced (`Wire::ClientAddress`).
+    heard_http: BTreeMap<u32, String>,
+    /// Slow publishes until this replica announces its client address.
+    announce_countdown: u32,
     /// Consensus time, counted from the monotonic clock: ticks delivered.
     ticks_done: u64,
     metrics: Arc<Metrics>,
@@ -182,7 +190,18 @@ impl Driver {
         let now = io.clock.now();
         let reproposal_interval = Duration::from_millis(2 * cfg.tick_ms * cfg.election_ticks);
         let test_hooks = TestHooks::from_env(&cfg.data_dir);
+        // What the transport was started with (see `sync_peer_addresses`).
+        let dialed = peer_addresses(&cfg, &kv, &BTreeMap::new())
+            .into_iter()
+            .filter(|(id, _)| *id != cfg.id)
+            .map(|(id, a)| (id, a.peer_addr))
+            .collect();
+        let book_version_dialed = kv.book_version();
         Driver {
+            dialed,
+            book_version_dialed,
+            heard_http: BTreeMap::new(),
+            announce_countdown: 0,
             reproposals: VecDeque::new(),
             reproposal_interval,
             cfg,
@@ -479,6 +498,7 @@ impl Driver {
             }
         }
         self.maybe_snapshot()?;
+        self.sync_peer_addresses();
         Ok(())
     }
 
@@ -538,6 +558,13 @@ impl Driver {
             } => self.on_snapshot_chunk(
                 from, log_start, offset, data, total_len, total_crc, chunk_crc,
             )?,
+            Wire::ClientAddress { http_addr } => {
+                if paxlog_kv::check_member_addr(&http_addr).is_ok()
+                    && from <= paxlog_core::MAX_NODE_ID
+                {
+                    self.heard_http.insert(from, http_addr);
+                }
+            }
             Wire::SnapshotUnavailable => {
                 if self
                     .incoming_snapshot

@@ -53,6 +53,31 @@ impl Driver {
         for peer in self.transport.peer_status() {
             self.metrics.set_peer_reachable(peer.id, peer.connected);
         }
+        self.announce_client_address();
+    }
+
+    /// Every second, tells the peers where this replica serves clients
+    /// (unless it listens on all interfaces and was given no name to
+    /// announce: nobody could use that address).
+    fn announce_client_address(&mut self) {
+        if self.announce_countdown > 0 {
+            self.announce_countdown -= 1;
+            return;
+        }
+        self.announce_countdown = 9;
+        let http_addr = self.cfg.own_http_addr();
+        if http_addr.starts_with("0.0.0.0:") || http_addr.starts_with("[::]:") {
+            return;
+        }
+        let peers: Vec<u32> = self.dialed.keys().copied().collect();
+        for peer in peers {
+            self.transport.send(
+                peer,
+                Wire::ClientAddress {
+                    http_addr: http_addr.clone(),
+                },
+            );
+        }
     }
 
     /// A peer told of a higher chosen round: if we are far behind, a

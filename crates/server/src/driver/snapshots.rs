@@ -223,6 +223,8 @@ impl Driver {
         if self.bugs.install_snapshot_unchecked {
             // Planted bug: the store first, the core's answer ignored.
             self.kv = restored;
+            // Another store: its book may differ whatever its version says.
+            self.book_version_dialed = u64::MAX;
             let _ = self.replica.install_snapshot(slot);
             return self.snapshot_installed(from, slot, previous_round, image_len);
         }
@@ -239,6 +241,8 @@ impl Driver {
             return Ok(());
         }
         self.kv = restored;
+        // Another store: its book may differ whatever its version says.
+        self.book_version_dialed = u64::MAX;
         self.snapshot_installed(from, slot, previous_round, image_len)
     }
 

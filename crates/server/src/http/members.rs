@@ -1,27 +1,37 @@
 //! `/v1/members`: the membership (GET) and one change to it (POST
 //! `{"action": "add" | "promote" | "demote" | "remove", "id": N}`), placed
-//! by the leader and answered once applied.
+//! by the leader and answered once applied. A replica that joins posts
+//! `{"action": "add", "peer_addr": "host:port", "http_addr": "host:port"}`
+//! without an id: its address goes into the replicated address book, which
+//! gives it its id, and it is then added as a learner.
 
 use super::*;
+use paxlog_kv::ApplyResult;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MemberChange {
     action: MemberAction,
-    id: u32,
+    #[serde(default)]
+    id: Option<u32>,
+    #[serde(default)]
+    peer_addr: Option<String>,
+    #[serde(default)]
+    http_addr: Option<String>,
 }
 
 /// The membership with each member's addresses where known.
 fn members_json(state: &AppState, report: &MembersReport) -> Value {
-    let http_of = |id: u32| {
-        state
-            .inner
-            .node
-            .http_peers
-            .get(id as usize)
-            .map(|a| a.to_string())
+    let address = |id: u32| report.addresses.get(&id);
+    let http_of = |id: u32| address(id).and_then(|a| a.http_addr.clone());
+    let member = |id: &u32, role: &str| {
+        json!({
+            "id": id,
+            "role": role,
+            "http": http_of(*id),
+            "peer": address(*id).map(|a| a.peer_addr.clone()),
+        })
     };
-    let member = |id: &u32, role: &str| json!({ "id": id, "role": role, "http": http_of(*id) });
     let members: Vec<Value> = report
         .voters
         .iter()
@@ -29,6 +39,7 @@ fn members_json(state: &AppState, report: &MembersReport) -> Value {
         .chain(report.learners.iter().map(|id| member(id, "learner")))
         .collect();
     json!({
+        "cluster_id": state.inner.node.cluster_id,
         "epoch": report.epoch,
         "round_id": report.round,
         "leader": report.leader,
@@ -56,16 +67,78 @@ pub(super) async fn members_post(
     let run = async {
         let body = body_or_error(body)?;
         let change: MemberChange = parse_json(&body)?;
+        let (id, joining) = match (change.id, &change.peer_addr) {
+            (Some(_), Some(_)) => return Err(error_response(
+                400,
+                "give either \"id\" or \"peer_addr\" (a new replica gets its id from the cluster)",
+            )),
+            (Some(id), None) => (id, false),
+            (None, Some(peer_addr)) if change.action == MemberAction::Add => (
+                register(&state, peer_addr, change.http_addr.clone()).await?,
+                true,
+            ),
+            (None, _) => {
+                return Err(error_response(
+                    400,
+                    "name the replica: \"id\" (or, to add a new one, \"peer_addr\")",
+                ))
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let deadline = Instant::now() + state.inner.request_timeout;
         let input = DriverInput::ChangeMembership(MembershipRequest {
             action: change.action,
-            id: change.id,
+            id,
             reply,
             deadline,
         });
-        let report = state.ask(input, answer).await?;
-        Ok::<_, Response>(Json(members_json(&state, &report)).into_response())
+        let report = match state.ask(input, answer).await {
+            Ok(report) => report,
+            Err(refused) if joining => {
+                // A retried join whose replica is a member already: done.
+                let status = state
+                    .read(Consistency::Local, |reply| Query::Status { reply })
+                    .await?;
+                let m = &status.membership;
+                if m.voters.contains(&id) || m.learners.contains(&id) {
+                    status.membership
+                } else {
+                    return Err(refused);
+                }
+            }
+            Err(refused) => return Err(refused),
+        };
+        let mut answer = members_json(&state, &report);
+        answer["id"] = json!(id);
+        Ok::<_, Response>(Json(answer).into_response())
     };
     run.await.unwrap_or_else(|r| r)
+}
+
+/// Puts a joining replica's address in the address book: its id.
+async fn register(
+    state: &AppState,
+    peer_addr: &str,
+    http_addr: Option<String>,
+) -> Result<u32, Response> {
+    let command = KvCommand::RegisterMember {
+        peer_addr: peer_addr.to_string(),
+        http_addr,
+        min_id: state.inner.node.min_new_id,
+    };
+    command
+        .validate()
+        .map_err(|e| error_response(400, e.to_string()))?;
+    let output = state.write(command, state.fresh_request_id()).await?;
+    match output.result {
+        ApplyResult::Ok { value: Some(v) } => v["id"]
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| error_response(500, "the address book answered without an id")),
+        ApplyResult::Ok { value: None } => Err(error_response(
+            500,
+            "the address book answered without an id",
+        )),
+        ApplyResult::Error { message, .. } => Err(error_response(400, message)),
+    }
 }

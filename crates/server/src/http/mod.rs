@@ -70,6 +70,10 @@ pub struct NodeInfo {
     pub http_peers: Vec<SocketAddr>,
     /// `/ready` bound: rounds the applied round may trail the chosen one.
     pub ready_max_lag_rounds: u64,
+    pub cluster_id: String,
+    /// No replica that joins gets an id below this: the bootstrap replicas'
+    /// ids and this replica's own are below it (ids are given in order).
+    pub min_new_id: u32,
 }
 
 impl AppState {
