@@ -198,12 +198,7 @@ impl NodeConfig {
     }
 
     /// A configuration with every tunable at its default.
-    pub fn new<A: ToString>(
-        id: u32,
-        peers: Vec<A>,
-        http: SocketAddr,
-        data_dir: PathBuf,
-    ) -> Self {
+    pub fn new<A: ToString>(id: u32, peers: Vec<A>, http: SocketAddr, data_dir: PathBuf) -> Self {
         NodeConfig {
             id,
             peers: peers.into_iter().map(|a| a.to_string()).collect(),

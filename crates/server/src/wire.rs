@@ -25,5 +25,7 @@ pub enum Wire {
     SnapshotUnavailable,
     /// Where the sender serves clients (sent now and then): a follower
     /// can then point a client, or a replica that joins, at its leader.
-    ClientAddress { http_addr: String },
+    ClientAddress {
+        http_addr: String,
+    },
 }
