@@ -30,7 +30,9 @@ use crate::TransportError;
 /// Protocol version carried in every frame header and in the handshake.
 /// 2: promises come in pages (`Message::Promise` gained `complete`), so a
 /// replica of version 1 is refused at the handshake, not misread.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: the server's messages gained `ClientAddress` (replicas announce where
+/// they serve clients).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"PXLG";
 /// Size of the frame length prefix.
