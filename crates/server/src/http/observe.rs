@@ -88,7 +88,25 @@ pub(super) async fn get_cluster(State(state): State<AppState>) -> Response {
         Ok(status) => status,
         Err(response) => return response,
     };
-    let http_peers: Vec<String> = node.http_peers.iter().map(|a| a.to_string()).collect();
+    // In id order; the flags' list, completed from what the replica knows
+    // (replicas that joined, announced addresses). Unknown ones are null.
+    let mut http_peers: Vec<Value> = node.http_peers.iter().map(|a| json!(a.to_string())).collect();
+    if let Some(known) = status["membership"]["addresses"].as_object() {
+        for (id, address) in known {
+            let (Ok(id), Some(http)) = (id.parse::<usize>(), address["http_addr"].as_str()) else {
+                continue;
+            };
+            if id > paxlog_core::MAX_NODE_ID as usize {
+                continue;
+            }
+            if http_peers.len() <= id {
+                http_peers.resize(id + 1, Value::Null);
+            }
+            if http_peers[id].is_null() {
+                http_peers[id] = json!(http);
+            }
+        }
+    }
     Json(json!({
         "id": node.id,
         "http": node.http.to_string(),
