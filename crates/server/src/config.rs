@@ -340,3 +340,74 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(peers: &[&str]) -> NodeConfig {
+        NodeConfig::new(
+            0,
+            peers.to_vec(),
+            "127.0.0.1:5000".parse().unwrap(),
+            PathBuf::from("/tmp/x"),
+        )
+    }
+
+    #[test]
+    fn peers_may_be_host_names_and_a_named_replica_listens_on_all_interfaces() {
+        let c = cfg(&["paxlog-0.paxlog-peers:6000", "10.0.0.2:6000", "[::1]:6000"]);
+        c.validate().unwrap();
+        assert_eq!(
+            c.peer_listen_addr().unwrap(),
+            "0.0.0.0:6000".parse().unwrap()
+        );
+        let mut c = cfg(&["10.0.0.1:6000", "b:6000"]);
+        assert_eq!(
+            c.peer_listen_addr().unwrap(),
+            "10.0.0.1:6000".parse().unwrap()
+        );
+        c.peer_listen = Some("0.0.0.0:7000".parse().unwrap());
+        assert_eq!(
+            c.peer_listen_addr().unwrap(),
+            "0.0.0.0:7000".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_peer_lists_are_refused_with_the_reason() {
+        for (peers, why) in [
+            (vec!["a:6000", "a:6000"], "twice"),
+            (vec!["a:6000", "no-port"], "no port"),
+            (vec!["a:6000", "bad host:1"], "not a host name"),
+            (vec!["a:6000", "b:0"], "1-65535"),
+        ] {
+            let err = cfg(&peers).validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{peers:?}: {err}");
+        }
+        let mut outside = cfg(&["a:6000"]);
+        outside.id = 3;
+        let err = outside.validate().unwrap_err().to_string();
+        assert!(err.contains("--join"), "{err}");
+    }
+
+    #[test]
+    fn a_joined_replica_needs_no_peer_list_but_an_address_of_its_own() {
+        let mut c = cfg(&[]);
+        c.id = 4;
+        c.joined = Some(paxlog_storage::JoinedCluster {
+            membership: paxlog_core::Membership::initial(3),
+            members: Vec::new(),
+        });
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--advertise-peer"), "{err}");
+        c.advertise_peer = Some("paxlog-4.paxlog-peers:6000".into());
+        c.validate().unwrap();
+        assert_eq!(c.own_peer_addr(), Some("paxlog-4.paxlog-peers:6000"));
+        assert_eq!(
+            c.peer_listen_addr().unwrap(),
+            "0.0.0.0:6000".parse().unwrap()
+        );
+    }
+}
