@@ -312,6 +312,10 @@ struct Recovery {
     /// slot forever.
     pages: BTreeMap<NodeId, (RecoveryReport, Slot)>,
     last_query_tick: Option<u64>,
+    /// Voters of memberships found among the values it will adopt
+    /// (changes it has not learned are chosen), asked as well: each such
+    /// membership needs a majority of its own (see `recovery_quorums_met`).
+    also_asked: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -475,6 +479,7 @@ impl Replica {
                 replies: BTreeMap::new(),
                 pages: BTreeMap::new(),
                 last_query_tick: None,
+                also_asked: 0,
             });
         }
         replica.reset_election_timer(0);
@@ -538,6 +543,12 @@ impl Replica {
             .or_else(|| self.memberships.iter().next())
             .map(|(_, m)| m)
             .expect("a membership governs log_start")
+    }
+
+    /// The memberships this replica knows, by the first slot each governs:
+    /// the one in force at `log_start`, then one after every chosen change.
+    pub fn memberships(&self) -> impl Iterator<Item = (Slot, &Membership)> {
+        self.memberships.iter().map(|(slot, m)| (*slot, m))
     }
 
     /// May this replica vote (and so campaign) under the newest membership?
@@ -1545,18 +1556,50 @@ impl Replica {
     // 1. a quiet period has passed (twice the longest election timeout,
     //    stretched by the drift bound), so every Phase 1 that may have
     //    counted a promise it forgot has completed or been abandoned;
-    // 2. a majority of the cluster, not counting itself, has told it their
-    //    promise and the values they accepted beyond their chosen prefix.
-    //    Any completed Phase 1 that counted a forgotten promise also counted
-    //    a promise from one of them (two majorities of the cluster, one
-    //    without this replica, share another member), so the highest promise
-    //    reported covers every ballot it may have promised; and every value
-    //    chosen with its forgotten vote was accepted by one of them too;
-    // 3. it has learned every slot they report chosen (catch-up) and adopted,
-    //    per slot beyond that, the value with the highest ballot reported.
+    // 2. it has learned every slot the replies so far report chosen
+    //    (catch-up, or a snapshot), and so the newest membership they know
+    //    of: a replica whose disk is gone restarts knowing only the
+    //    bootstrap membership, and one that installed a snapshot only the
+    //    membership it records. It asks every replica it knows of, also
+    //    those it learns of while catching up;
+    // 3. complete replies (promise, and the values accepted beyond the
+    //    replier's chosen prefix) came from a majority, not counting itself,
+    //    of the voters of that newest membership; of every membership change
+    //    among the values it will adopt (chosen perhaps, but not known to be:
+    //    they govern the slots after them, as for a candidate in
+    //    `election_quorums_met`). Only replies from those voters count: a
+    //    removed replica, a learner or a spare answers too, but its promise
+    //    covers nothing (the simulator found a replica that counted a
+    //    removed one's reply vote for a second value in a slot).
+    //    Why that is enough: a completed Phase 1 that counted a forgotten
+    //    promise at ballot b counted a majority of the membership governing
+    //    the slots it covers (and of each change it re-proposed). If the
+    //    newest membership was chosen before that Phase 1, the Phase 1
+    //    counted a majority of it too, and two majorities of it, one without
+    //    this replica, share another member. If it was chosen after, at a
+    //    ballot of at least b, a majority of the membership before it
+    //    accepted it and so promised at least b; any majority of the new
+    //    voters without this replica shares a member with that one (one
+    //    voter changes at a time). The one exception: the new membership has
+    //    two voters, this replica and one other, the old one had three, and
+    //    the other was not among those acceptors. Then b's Phase 2 could not
+    //    choose a slot after the change without the other's vote (which
+    //    would have raised its promise to b), and the slots up to the change
+    //    are in the chosen prefix this replica caught up to; the owner of b
+    //    was the removed voter (it steps down once the change is chosen and
+    //    gave no later slot a value) or this replica itself, whose Phase 2
+    //    messages died with it: as with the promises it forgot, the quiet
+    //    period outlasts them (a message is delivered within it or lost).
+    //    A value chosen with its forgotten vote was accepted by a majority of
+    //    the membership governing its slot, which is the newest one or one of
+    //    the changes it adopts, so one of the repliers reports it (or the
+    //    slot is in the chosen prefix it caught up to);
+    // 4. it adopts, per slot beyond its chosen prefix, the value with the
+    //    highest ballot reported.
     // It then promises the highest ballot reported (only its owner sends
     // Phase 2 at a ballot, with one value per slot, so equal is enough) and
-    // votes again.
+    // votes again. A single voter that lost its state lost the cluster's:
+    // it stays out (the operator must decide).
 
     fn recovery_tick(&mut self) {
         let now = self.now_tick;
@@ -1680,54 +1723,130 @@ impl Replica {
         self.maybe_finish_recovery();
     }
 
-    /// The others' replies needed: a majority of the cluster, not counting
-    /// this replica.
-    fn recovery_replies_needed(&self) -> usize {
-        let membership = self.membership();
+    /// The replies needed from the voters of `membership` other than this
+    /// replica: a majority of its voters, not counting this replica (all of
+    /// the others when they are fewer, as in a membership of two voters).
+    fn recovery_replies_needed_of(&self, membership: &Membership) -> usize {
         let others = membership.voters & !bit(self.cfg.id);
-        (membership.quorum()).min(others.count_ones() as usize)
+        membership.quorum().min(others.count_ones() as usize)
+    }
+
+    /// The others' replies needed from the newest membership known.
+    fn recovery_replies_needed(&self) -> usize {
+        self.recovery_replies_needed_of(self.membership())
+    }
+
+    /// Complete replies so far from voters of the newest membership known.
+    fn recovery_replies_counted(&self, r: &Recovery) -> usize {
+        let mut replied = 0u64;
+        for peer in r.replies.keys() {
+            replied |= bit(*peer);
+        }
+        self.membership().votes_in(replied & !bit(self.cfg.id))
+    }
+
+    /// Per slot beyond the chosen prefix, the value with the highest ballot
+    /// among the replies and this replica's own log, and whether it came
+    /// from a reply (to be adopted) rather than from the own log.
+    fn recovery_best_values(&self, r: &Recovery) -> BTreeMap<Slot, (Ballot, Entry, bool)> {
+        let floor = self.chosen_upto.max(self.log_start);
+        let mut best: BTreeMap<Slot, (Ballot, Entry, bool)> = BTreeMap::new();
+        for (slot, s) in self.log.range(floor..) {
+            if !s.chosen {
+                best.insert(*slot, (s.ballot, s.entry.clone(), false));
+            }
+        }
+        for report in r.replies.values() {
+            for v in &report.accepted {
+                if v.slot < floor || self.log.get(&v.slot).is_some_and(|s| s.chosen) {
+                    continue;
+                }
+                match best.get(&v.slot) {
+                    Some((b, _, _)) if *b >= v.ballot => {}
+                    _ => {
+                        best.insert(v.slot, (v.ballot, v.entry.clone(), true));
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// Do the complete replies cover a majority (not counting this replica)
+    /// of every membership they must (see the comment at the top of this
+    /// section)? Otherwise, the voters still to hear from.
+    fn recovery_quorums_met(&self, r: &Recovery) -> Result<(), u64> {
+        let me = bit(self.cfg.id);
+        let mut replied = 0u64;
+        for peer in r.replies.keys() {
+            replied |= bit(*peer);
+        }
+        let mut required: Vec<Membership> = vec![self.membership().clone()];
+        for (_, entry, _) in self.recovery_best_values(r).into_values() {
+            if let Entry::Config { membership, .. } = entry {
+                required.push(membership);
+            }
+        }
+        let mut missing = 0u64;
+        for membership in &required {
+            let others = membership.voters & !me;
+            let needed = self.recovery_replies_needed_of(membership);
+            if ((replied & others).count_ones() as usize) < needed {
+                missing |= others & !replied;
+            }
+        }
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 
     fn recovery_status(&self) -> Option<RecoveryStatus> {
         let r = self.recovery.as_ref()?;
         let needed = self.recovery_replies_needed();
+        let counted = self.recovery_replies_counted(r);
         let target = r.replies.values().map(|p| p.chosen_upto).max();
         let waiting_for = if self.now_tick < r.quiet_until_tick {
             format!(
                 "a quiet period ({} more ticks) before asking the others",
                 r.quiet_until_tick - self.now_tick
             )
-        } else if r.replies.len() < needed {
+        } else if self.membership().voters & !bit(self.cfg.id) == 0 {
+            "the operator: it is the only voter it knows of, and it lost its state".to_string()
+        } else if target.is_some_and(|t| self.chosen_upto < t) {
             format!(
-                "answers from {needed} other replicas (a majority of the cluster without this one); {} so far",
-                r.replies.len()
+                "catching up to round {} (at {}) to learn the newest membership",
+                target.map_or(0, |t| t.0),
+                self.chosen_upto
+            )
+        } else if counted < needed {
+            format!(
+                "answers from {needed} voters of the newest membership other than this one (a majority of its voters without this one); {counted} so far"
             )
         } else {
             format!(
-                "catching up to round {} (at {})",
-                target.map_or(0, |t| t.0),
-                self.chosen_upto
+                "answers from voters of membership changes among the values it will adopt ({counted} of the newest membership's voters so far)"
             )
         };
         Some(RecoveryStatus {
             waiting_for,
-            replies: r.replies.len(),
+            replies: counted,
             replies_needed: needed,
             target_chosen_upto: target,
         })
     }
 
     fn maybe_finish_recovery(&mut self) {
-        let needed = self.recovery_replies_needed();
         let Some(r) = self.recovery.as_ref() else {
             return;
         };
         if self.membership().voters & !bit(self.cfg.id) == 0 {
-            // Nobody to ask: a single replica that lost its state lost the
+            // Nobody to ask: a single voter that lost its state lost the
             // cluster's. It stays out (the operator must decide).
             return;
         }
-        if r.replies.len() < needed {
+        if r.replies.is_empty() {
             return;
         }
         let target = r
@@ -1737,8 +1856,27 @@ impl Replica {
             .max()
             .unwrap_or(Slot::ZERO);
         if self.chosen_upto < target {
-            return; // catching up first
+            // Catching up first: the slots it learns may change the
+            // membership whose voters it must hear from.
+            return;
         }
+        if let Err(missing) = self.recovery_quorums_met(r) {
+            // Voters it may not know of yet (of a change it will adopt):
+            // ask them now, and on every retry.
+            let new = missing & !self.known_members_mask();
+            let nonce = r.nonce;
+            if let Some(r) = self.recovery.as_mut() {
+                r.also_asked |= missing;
+            }
+            let from_slot = self.chosen_upto;
+            for peer in ids_of(new & !bit(self.cfg.id)) {
+                self.send(peer, Message::RecoveryQuery { nonce, from_slot });
+            }
+            return;
+        }
+        // Per slot beyond the chosen prefix, the value with the highest
+        // ballot reported (ours included).
+        let best = self.recovery_best_values(r);
         let Some(r) = self.recovery.take() else {
             return;
         };
@@ -1748,28 +1886,10 @@ impl Replica {
             .map(|p| p.promised)
             .max()
             .unwrap_or(Ballot::ZERO);
-        // Per slot beyond the chosen prefix, the value with the highest
-        // ballot reported (ours included).
-        let mut best: BTreeMap<Slot, (Ballot, Entry)> = BTreeMap::new();
-        for report in r.replies.values() {
-            for v in &report.accepted {
-                if v.slot < self.chosen_upto || v.slot < self.log_start {
-                    continue;
-                }
-                let ours = self.log.get(&v.slot).map(|s| s.ballot);
-                if ours.is_some_and(|b| b >= v.ballot) {
-                    continue;
-                }
-                match best.get(&v.slot) {
-                    Some((b, _)) if *b >= v.ballot => {}
-                    _ => {
-                        best.insert(v.slot, (v.ballot, v.entry.clone()));
-                    }
-                }
+        for (slot, (ballot, entry, reported)) in best {
+            if reported {
+                self.record_accept(slot, ballot, entry);
             }
-        }
-        for (slot, (ballot, entry)) in best {
-            self.record_accept(slot, ballot, entry);
         }
         if promise > self.promised {
             self.raise_promise(promise);
@@ -2805,6 +2925,9 @@ impl Replica {
             }
             RoleState::Candidate(c) => mask |= c.also_asked,
             RoleState::Follower => {}
+        }
+        if let Some(r) = &self.recovery {
+            mask |= r.also_asked;
         }
         mask
     }
