@@ -785,7 +785,15 @@ fn print_answer(response: &client::HttpResponse) -> Result<ExitCode> {
         Ok(json) => serde_json::to_string_pretty(&json)?,
         Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
     };
-    println!("{text}");
+    // A reader that stopped early (`paxlog member list | head`) is no
+    // error; `println!` would panic on the closed pipe.
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow!("cannot write the answer: {e}"))
+        }
+        _ => {}
+    }
     Ok(if response.status.is_success() {
         ExitCode::SUCCESS
     } else {

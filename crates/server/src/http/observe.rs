@@ -90,7 +90,11 @@ pub(super) async fn get_cluster(State(state): State<AppState>) -> Response {
     };
     // In id order; the flags' list, completed from what the replica knows
     // (replicas that joined, announced addresses). Unknown ones are null.
-    let mut http_peers: Vec<Value> = node.http_peers.iter().map(|a| json!(a.to_string())).collect();
+    let mut http_peers: Vec<Value> = node
+        .http_peers
+        .iter()
+        .map(|a| json!(a.to_string()))
+        .collect();
     if let Some(known) = status["membership"]["addresses"].as_object() {
         for (id, address) in known {
             let (Ok(id), Some(http)) = (id.parse::<usize>(), address["http_addr"].as_str()) else {
