@@ -81,6 +81,20 @@ fn a_new_replica_joins_through_one_member_and_a_dead_one_is_replaced_at_a_new_ad
         json!(format!("localhost:{}", c.peer_ports[new]))
     );
     load.wait_progress(20, LONG, "writes with the new voter");
+    // A second replica joining at the address of one that runs would share
+    // its id: refused (409), and nothing changes.
+    let twin = post_json(
+        c.port(c.wait_leader()),
+        "/v1/members",
+        &json!({"action": "add", "peer_addr": format!("localhost:{}", c.peer_ports[new])}),
+    )
+    .unwrap();
+    assert_eq!(twin.status, 409, "{}", twin.raw);
+    assert!(
+        twin.body["error"].as_str().unwrap().contains("is running"),
+        "{}",
+        twin.raw
+    );
 
     // The joined replica restarts from its folder (it remembers its id and
     // its cluster; no join this time).

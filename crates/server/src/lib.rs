@@ -169,6 +169,7 @@ pub async fn run_node(
             http_peers: cfg.http_peers.clone(),
             ready_max_lag_rounds: cfg.ready_max_lag_rounds,
             cluster_id: cfg.cluster_id.clone(),
+            election_timeout_ms: cfg.tick_ms * cfg.election_ticks,
             min_new_id: (cfg.peers.len() as u32).max(cfg.id + 1),
         },
     );

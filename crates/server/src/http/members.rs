@@ -73,10 +73,11 @@ pub(super) async fn members_post(
                 "give either \"id\" or \"peer_addr\" (a new replica gets its id from the cluster)",
             )),
             (Some(id), None) => (id, false),
-            (None, Some(peer_addr)) if change.action == MemberAction::Add => (
-                register(&state, peer_addr, change.http_addr.clone()).await?,
-                true,
-            ),
+            (None, Some(peer_addr)) if change.action == MemberAction::Add => {
+                let id = register(&state, peer_addr, change.http_addr.clone()).await?;
+                refuse_a_second_replica_for_a_running_member(&state, id, peer_addr).await?;
+                (id, true)
+            }
             (None, _) => {
                 return Err(error_response(
                     400,
@@ -113,6 +114,41 @@ pub(super) async fn members_post(
         Ok::<_, Response>(Json(answer).into_response())
     };
     run.await.unwrap_or_else(|r| r)
+}
+
+/// A join at the address of a member that is running would make a second
+/// replica with its id (two acceptors voting as one): refused until the
+/// member has not been heard from for a while (409: the joiner retries). A
+/// member that lost its disk is down, and its replacement at the same
+/// address then takes over its id and recovers before it votes.
+async fn refuse_a_second_replica_for_a_running_member(
+    state: &AppState,
+    id: u32,
+    peer_addr: &str,
+) -> Result<(), Response> {
+    let status = state
+        .read(Consistency::Local, |reply| Query::Status { reply })
+        .await?;
+    let m = &status.membership;
+    if !(m.voters.contains(&id) || m.learners.contains(&id)) {
+        return Ok(());
+    }
+    let recently = 2 * state.inner.node.election_timeout_ms;
+    let heard = status
+        .peers
+        .iter()
+        .find(|p| p.id == id)
+        .and_then(|p| p.last_heard_ms_ago)
+        .is_some_and(|ms| ms < recently);
+    if heard || status.id == id {
+        return Err(error_response(
+            409,
+            format!(
+                "replica {id} at {peer_addr} is running (heard from within {recently} ms): a second replica at its address would share its id; stop it first, or join at another address"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Puts a joining replica's address in the address book: its id.

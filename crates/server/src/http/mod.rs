@@ -71,6 +71,8 @@ pub struct NodeInfo {
     /// `/ready` bound: rounds the applied round may trail the chosen one.
     pub ready_max_lag_rounds: u64,
     pub cluster_id: String,
+    /// A replica heard from within this long is running.
+    pub election_timeout_ms: u64,
     /// No replica that joins gets an id below this: the bootstrap replicas'
     /// ids and this replica's own are below it (ids are given in order).
     pub min_new_id: u32,
