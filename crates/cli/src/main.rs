@@ -5,6 +5,7 @@ mod bench;
 mod certs;
 mod client;
 mod join;
+mod watch;
 
 /// mimalloc: measured faster than the system allocator on the replica's
 /// allocation pattern (many small, short-lived buffers across threads).
@@ -137,6 +138,21 @@ enum Verb {
     },
     /// A replica's whole database, as the seed's /db.
     Db {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Follows the changes to keys under PREFIX, one JSON line per round
+    /// (`{"round", "key", "value"}`, value null for a delete), resuming at
+    /// the next endpoint if a replica goes away.
+    Watch {
+        /// Key prefix ("" for every key).
+        prefix: String,
+        /// The first round to report (default: from now).
+        #[arg(long)]
+        from_round: Option<u64>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -510,6 +526,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Err(_) => bail!("`{target}` is not a replica id"),
             };
             client_call_leader(&endpoints, "/v1/members", body).await
+        }
+        Verb::Watch {
+            prefix,
+            from_round,
+            count,
+            endpoints,
+        } => {
+            if endpoints
+                .endpoints
+                .iter()
+                .any(|e| e.starts_with("https://"))
+            {
+                bail!("paxlog watch speaks plain HTTP only (for now)");
+            }
+            watch::watch(
+                &endpoints.endpoints,
+                endpoints.token.as_deref(),
+                &prefix,
+                from_round,
+                count,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Verb::Fetch { round, endpoints } => {
             let path = format!("/fetch?round_id={round}");

@@ -65,6 +65,8 @@ pub struct Metrics {
     /// 1 while this replica recovers forgotten state and does not vote.
     pub recovering: Gauge,
     pub membership_epoch: Gauge,
+    /// Watches open at this replica.
+    pub watchers: Gauge,
     /// Peers found reporting another value for a chosen round (an alarm).
     pub peer_conflicts: Counter,
     /// What `/health`, `/ready` and the dashboard read.
@@ -346,6 +348,12 @@ impl Metrics {
             "Membership changes chosen so far (0: the bootstrap membership); equal on every member once they caught up",
             membership_epoch.clone(),
         );
+        let watchers = Gauge::default();
+        registry.register(
+            "watchers",
+            "Watches open at this replica (GET /v1/watch)",
+            watchers.clone(),
+        );
         let peer_conflicts = Counter::default();
         registry.register(
             "peer_conflicts",
@@ -356,6 +364,7 @@ impl Metrics {
             registry,
             recovering,
             membership_epoch,
+            watchers,
             peer_conflicts,
             proposals,
             commits,
@@ -490,6 +499,7 @@ mod tests {
             "paxlog_snapshot_fallbacks_total",
             "paxlog_recovering",
             "paxlog_membership_epoch",
+            "paxlog_watchers",
             "paxlog_peer_conflicts_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -30,6 +30,9 @@ pub enum DriverError {
     Invalid(String),
     /// Not now: something else is in progress (another membership change).
     Conflict(String),
+    /// What was asked for is no longer kept (a watch from a round whose
+    /// changes were dropped from the history).
+    Gone(String),
 }
 
 impl DriverError {
@@ -45,6 +48,7 @@ pub enum DriverInput {
     Write(WriteRequest),
     Read(ReadRequest),
     ChangeMembership(MembershipRequest),
+    Watch(WatchRequest),
     Shutdown,
 }
 

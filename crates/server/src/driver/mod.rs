@@ -40,6 +40,7 @@ mod reads;
 mod snapshots;
 mod test_hooks;
 mod timers;
+mod watch;
 mod writes;
 
 pub use api::*;
@@ -49,6 +50,7 @@ use observe::{AliveGuard, CatchUp};
 use reads::describe_entry;
 use snapshots::IncomingSnapshot;
 use test_hooks::TestHooks;
+pub use watch::{WatchEvent, WatchRequest, MAX_WATCHERS, WATCH_HISTORY_EVENTS};
 
 /// Inputs taken per turn before the batch is persisted.
 const MAX_INPUTS_PER_TURN: usize = 4096;
@@ -123,6 +125,8 @@ pub struct Driver {
     /// `book_version` then.
     dialed: BTreeMap<u32, String>,
     book_version_dialed: u64,
+    /// Recent changes and open watches.
+    watch: watch::WatchHub,
     /// Client addresses peers announced (`Wire::ClientAddress`).
     heard_http: BTreeMap<u32, String>,
     /// Slow publishes until this replica announces its client address.
@@ -201,6 +205,7 @@ impl Driver {
             dialed,
             book_version_dialed,
             heard_http: BTreeMap::new(),
+            watch: watch::WatchHub::new(kv.applied_upto().0),
             announce_countdown: 0,
             reproposals: VecDeque::new(),
             reproposal_interval,
@@ -357,6 +362,7 @@ impl Driver {
             DriverInput::Write(request) => self.start_write(request),
             DriverInput::Read(request) => self.start_read(request),
             DriverInput::ChangeMembership(request) => self.start_membership_change(request),
+            DriverInput::Watch(request) => self.start_watch(request),
             DriverInput::Shutdown => return Ok(false),
         }
         Ok(true)
@@ -505,6 +511,7 @@ impl Driver {
     fn apply(&mut self, slot: Slot, entry: &Entry) {
         let output = self.kv.apply(slot, entry);
         self.metrics.commits.inc();
+        self.note_change(slot, entry, &output);
         if let Entry::Config { id, .. } = entry {
             self.membership_applied(slot, *id);
         }

@@ -254,6 +254,8 @@ impl Driver {
         previous_round: u64,
         image_len: usize,
     ) -> Result<(), String> {
+        // The rounds the snapshot jumped over changed keys nobody saw here.
+        self.watch.reset(self.kv.applied_upto().0);
         // Restored: now the older snapshots may go (keeping one fallback).
         if let Err(e) = self.snapshots.retire_older(slot) {
             tracing::warn!(node = self.cfg.id, error = %e, "cannot retire older snapshots");

@@ -34,11 +34,13 @@ mod kv;
 mod members;
 mod observe;
 mod seed;
+mod watch;
 
 use kv::*;
 use members::*;
 use observe::*;
 use seed::*;
+use watch::*;
 
 pub const CLIENT_ID_HEADER: &str = "x-paxlog-client-id";
 pub const REQUEST_SEQ_HEADER: &str = "x-paxlog-request-seq";
@@ -130,6 +132,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/cas/{*key}", post(kv_cas))
         .route("/v1/members", get(members_get).post(members_post))
+        .route("/v1/watch", get(watch))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -222,6 +225,7 @@ impl IntoResponse for DriverError {
             ),
             DriverError::Invalid(message) => error_response(400, message),
             DriverError::Conflict(message) => error_response(409, message),
+            DriverError::Gone(message) => error_response(410, message),
         }
     }
 }

@@ -1,0 +1,273 @@
+//! Watches: a client follows the changes to the keys under a prefix, round
+//! by round, from a round it names or from now. One command runs per round,
+//! so a round changes at most one key, and the round is the event's id: a
+//! client that lost its connection (or its replica) asks again from the
+//! round after the last it saw, at any replica, and misses nothing and gets
+//! nothing twice, as long as that round is still in the replica's history.
+
+use super::*;
+
+/// Events kept for resuming watches, at most (and at most
+/// `WATCH_HISTORY_BYTES` of keys and values).
+pub const WATCH_HISTORY_EVENTS: usize = 100_000;
+pub const WATCH_HISTORY_BYTES: usize = 32 << 20;
+/// Watches open at once at one replica.
+pub const MAX_WATCHERS: usize = 1024;
+/// Events queued for one watch beyond its replay; a watch that falls this
+/// far behind is closed (its client resumes from its last round).
+pub const WATCH_QUEUE_EVENTS: usize = 1024;
+
+/// One change: `key` after `round` (`value: None`: deleted).
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchEvent {
+    pub round: u64,
+    pub key: String,
+    pub value: Option<Value>,
+}
+
+pub struct WatchRequest {
+    pub prefix: String,
+    /// The first round to report; `None`: from the next round applied.
+    pub from_round: Option<u64>,
+    pub reply: Reply<mpsc::Receiver<WatchEvent>>,
+}
+
+struct Watcher {
+    prefix: String,
+    tx: mpsc::Sender<WatchEvent>,
+}
+
+pub(super) struct WatchHub {
+    history: VecDeque<(WatchEvent, usize)>,
+    history_bytes: usize,
+    /// Every change at a round from here on is in `history`.
+    history_from: u64,
+    watchers: Vec<Watcher>,
+}
+
+impl WatchHub {
+    pub(super) fn new(applied_round: u64) -> WatchHub {
+        WatchHub {
+            history: VecDeque::new(),
+            history_bytes: 0,
+            history_from: applied_round,
+            watchers: Vec::new(),
+        }
+    }
+
+    /// A change was applied: kept, and sent to the watches it matches.
+    pub(super) fn record(&mut self, event: WatchEvent) {
+        self.watchers
+            .retain(|w| !event.key.starts_with(&w.prefix) || w.tx.try_send(event.clone()).is_ok());
+        let bytes = event.key.len() + event.value.as_ref().map_or(0, json_size);
+        self.history.push_back((event, bytes));
+        self.history_bytes += bytes;
+        while self.history.len() > WATCH_HISTORY_EVENTS || self.history_bytes > WATCH_HISTORY_BYTES
+        {
+            let Some((oldest, bytes)) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes -= bytes;
+            self.history_from = oldest.round + 1;
+        }
+    }
+
+    /// The store jumped to `applied_round` (a snapshot from a peer): the
+    /// changes in between are unknown here, so the history restarts and
+    /// open watches end (their clients resume, elsewhere if need be).
+    pub(super) fn reset(&mut self, applied_round: u64) {
+        self.history.clear();
+        self.history_bytes = 0;
+        self.history_from = applied_round;
+        self.watchers.clear();
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        prefix: String,
+        from_round: Option<u64>,
+        applied_round: u64,
+    ) -> Result<mpsc::Receiver<WatchEvent>, DriverError> {
+        let from = from_round.unwrap_or(applied_round);
+        if from < self.history_from {
+            return Err(DriverError::Gone(format!(
+                "the changes before round {} are no longer kept here (asked from round {from}): read the current values and watch from round {applied_round}",
+                self.history_from
+            )));
+        }
+        self.watchers.retain(|w| !w.tx.is_closed());
+        if self.watchers.len() >= MAX_WATCHERS {
+            return Err(DriverError::Busy);
+        }
+        let replay: Vec<WatchEvent> = self
+            .history
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.round >= from && e.key.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let (tx, rx) = mpsc::channel(replay.len() + WATCH_QUEUE_EVENTS);
+        for event in replay {
+            // Room for all of them was made above.
+            let _ = tx.try_send(event);
+        }
+        self.watchers.push(Watcher { prefix, tx });
+        Ok(rx)
+    }
+
+    pub(super) fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+}
+
+/// The size of `value` as compact JSON, roughly (for the history's bound).
+fn json_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 12,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_size(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
+        }
+    }
+}
+
+impl Driver {
+    /// After `entry` was applied at `slot` with `output`: the change it
+    /// made, if any, goes to the watches.
+    pub(super) fn note_change(&mut self, slot: Slot, entry: &Entry, output: &ApplyOutput) {
+        let Entry::Command { payload, .. } = entry else {
+            return;
+        };
+        if output.duplicate {
+            return;
+        }
+        let ApplyResult::Ok { value } = &output.result else {
+            return;
+        };
+        let Ok(command) = KvCommand::decode(payload) else {
+            return;
+        };
+        let flag = |name: &str| {
+            value
+                .as_ref()
+                .and_then(|v| v.get(name))
+                .and_then(Value::as_bool)
+        };
+        let changed = match &command {
+            KvCommand::Cas { .. } => flag("succeeded") == Some(true),
+            KvCommand::Delete { .. } => flag("existed") == Some(true),
+            _ => true,
+        };
+        if !changed {
+            return;
+        }
+        if let Some(key) = command.written_key() {
+            let value = self.kv.get(&key).cloned();
+            self.watch.record(WatchEvent {
+                round: slot.0,
+                key,
+                value,
+            });
+        }
+    }
+
+    pub(super) fn start_watch(&mut self, request: WatchRequest) {
+        let applied = self.kv.applied_upto().0;
+        let answer = self
+            .watch
+            .subscribe(request.prefix, request.from_round, applied);
+        self.metrics.watchers.set(self.watch.watcher_count() as i64);
+        let _ = request.reply.send(answer);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn event(round: u64, key: &str) -> WatchEvent {
+        WatchEvent {
+            round,
+            key: key.to_string(),
+            value: Some(Value::from(round)),
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<WatchEvent>) -> Vec<u64> {
+        let mut rounds = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            rounds.push(e.round);
+        }
+        rounds
+    }
+
+    #[test]
+    fn a_watch_replays_its_prefix_from_the_round_asked_then_follows() {
+        let mut hub = WatchHub::new(0);
+        for r in 0..6 {
+            hub.record(event(r, if r % 2 == 0 { "a/x" } else { "b/x" }));
+        }
+        let mut rx = hub.subscribe("a/".into(), Some(2), 6).unwrap();
+        assert_eq!(drain(&mut rx), vec![2, 4]);
+        hub.record(event(6, "a/y"));
+        hub.record(event(7, "b/y"));
+        assert_eq!(drain(&mut rx), vec![6]);
+        // From now: nothing replayed.
+        let mut now = hub.subscribe(String::new(), None, 8).unwrap();
+        assert!(drain(&mut now).is_empty());
+    }
+
+    #[test]
+    fn rounds_dropped_from_the_history_are_gone_and_a_snapshot_restarts_it() {
+        let mut hub = WatchHub::new(10);
+        assert!(matches!(
+            hub.subscribe(String::new(), Some(9), 10),
+            Err(DriverError::Gone(_))
+        ));
+        for r in 10..(10 + WATCH_HISTORY_EVENTS as u64 + 5) {
+            hub.record(event(r, "k"));
+        }
+        assert!(matches!(
+            hub.subscribe(String::new(), Some(14), 0),
+            Err(DriverError::Gone(_))
+        ));
+        let mut rx = hub.subscribe(String::new(), Some(15), 0).unwrap();
+        assert_eq!(drain(&mut rx).len(), WATCH_HISTORY_EVENTS);
+        // A snapshot from a peer: the open watch ends, the history restarts.
+        hub.reset(500_000);
+        assert!(rx.try_recv().is_err() && rx.is_closed());
+        assert!(matches!(
+            hub.subscribe(String::new(), Some(499_999), 0),
+            Err(DriverError::Gone(_))
+        ));
+        assert!(hub.subscribe(String::new(), Some(500_000), 0).is_ok());
+    }
+
+    #[test]
+    fn a_watch_that_falls_behind_is_closed_and_the_history_has_a_byte_bound() {
+        let mut hub = WatchHub::new(0);
+        let mut slow = hub.subscribe(String::new(), None, 0).unwrap();
+        for r in 0..(WATCH_QUEUE_EVENTS as u64 + 1) {
+            hub.record(event(r, "k"));
+        }
+        assert_eq!(hub.watcher_count(), 0, "dropped when its queue was full");
+        assert_eq!(drain(&mut slow).len(), WATCH_QUEUE_EVENTS);
+        assert!(slow.is_closed());
+        let big = "x".repeat(1 << 20);
+        for r in 2000..2040 {
+            hub.record(WatchEvent {
+                round: r,
+                key: "big".into(),
+                value: Some(Value::from(big.clone())),
+            });
+        }
+        assert!(hub.history_bytes <= WATCH_HISTORY_BYTES);
+        assert!(hub.history.len() < 40);
+    }
+}
