@@ -150,7 +150,7 @@ pub async fn join(cfg: &mut NodeConfig, endpoints: &[String]) -> Result<()> {
                     continue;
                 }
             };
-            let body = json!({ "action": "add", "peer_addr": peer_addr, "http_addr": http_addr });
+            let body = json!({ "action": "add", "peer_addr": peer_addr, "http_addr": http_addr, "join": true });
             match cluster
                 .call(Method::POST, &format!("{target}/v1/members"), Some(body))
                 .await
@@ -197,6 +197,46 @@ pub async fn join(cfg: &mut NodeConfig, endpoints: &[String]) -> Result<()> {
         "joined the cluster as a learner"
     );
     Ok(())
+}
+
+/// A bootstrap replica (one of `--peers`) about to start on an empty
+/// folder as `new`: if any of `endpoints` (other members' client
+/// addresses) already holds cluster state, this folder lost its replica's
+/// promises and accepts, and bootstrapping it would let it vote on state it
+/// forgot. Returns what the member reported, if so (the caller starts it as
+/// `existing`: it recovers before it votes). Members that do not answer
+/// within a few seconds count as having nothing to say (a new cluster
+/// whose replicas start together).
+pub async fn existing_cluster_state(cfg: &NodeConfig, endpoints: &[String]) -> Option<String> {
+    let cluster = ClusterClient::for_node(cfg).ok()?;
+    let tls = cfg.tls_ca.is_some();
+    for endpoint in endpoints {
+        let url = format!("{}/status", endpoint_url(endpoint, tls));
+        let call = cluster.call(Method::GET, &url, None);
+        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(3), call).await else {
+            continue;
+        };
+        if !r.status.is_success() {
+            continue;
+        }
+        let status = answer_json(&r);
+        if status["id"].as_u64() == Some(cfg.id.into()) {
+            continue; // itself (an endpoint list shared by all replicas)
+        }
+        // Something chosen, not merely promised: replicas of a new cluster
+        // that start one after another see each other's first campaigns,
+        // and taking those for an old cluster would leave two of them
+        // recovering, each waiting for the other. (A folder lost before
+        // the cluster chose anything at all is not caught.)
+        let round = status["chosen_round"].as_u64().unwrap_or(0);
+        let epoch = status["membership"]["epoch"].as_u64().unwrap_or(0);
+        if round > 0 || epoch > 0 {
+            return Some(format!(
+                "{endpoint} reports chosen round {round}, membership epoch {epoch}"
+            ));
+        }
+    }
+    None
 }
 
 fn parse_join_answer(answer: &Value) -> Result<(JoinedCluster, u32)> {

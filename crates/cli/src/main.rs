@@ -415,6 +415,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if cfg.id as usize >= cfg.peers.len() {
                     join::join(&mut cfg, &endpoints).await?;
                     cfg.validate()?;
+                } else if cfg.initial_cluster_state == Some(InitialClusterState::New)
+                    && paxlog_storage::read_metadata(&cfg.data_dir)?.is_none()
+                {
+                    // A bootstrap replica on an empty folder: if the cluster
+                    // already exists, this folder was lost, and it must not
+                    // vote on what it forgot.
+                    if let Some(found) = join::existing_cluster_state(&cfg, &endpoints).await {
+                        tracing::warn!(
+                            id = cfg.id,
+                            "empty data folder but the cluster exists ({found}): starting as existing, to recover before voting"
+                        );
+                        cfg.initial_cluster_state = Some(InitialClusterState::Existing);
+                    }
                 }
             }
             if promote {

@@ -86,7 +86,7 @@ fn a_new_replica_joins_through_one_member_and_a_dead_one_is_replaced_at_a_new_ad
     let twin = post_json(
         c.port(c.wait_leader()),
         "/v1/members",
-        &json!({"action": "add", "peer_addr": format!("localhost:{}", c.peer_ports[new])}),
+        &json!({"action": "add", "peer_addr": format!("localhost:{}", c.peer_ports[new]), "join": true}),
     )
     .unwrap();
     assert_eq!(twin.status, 409, "{}", twin.raw);
@@ -155,6 +155,46 @@ fn a_new_replica_joins_through_one_member_and_a_dead_one_is_replaced_at_a_new_ad
             });
             assert_eq!(&got.body["value"], value, "{key} on slot {i}");
         }
+    }
+    c.wait_converged(LONG);
+}
+
+/// A bootstrap replica whose folder is lost, started again as `new` (as a
+/// StatefulSet or compose file does) with the members' addresses in
+/// `--join`: it finds the cluster exists, starts as `existing` and recovers
+/// before it votes, instead of bootstrapping on what it forgot.
+#[test]
+fn a_bootstrap_replica_on_a_lost_folder_finds_the_cluster_and_recovers() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let leader = c.wait_leader();
+    let ports: Vec<u16> = (0..3).map(|i| c.port(i)).collect();
+    let load = Load::start(ports, 2, "lost");
+    load.wait_progress(20, LONG, "writes before the loss");
+    let lost = (leader + 1) % 3;
+    c.kill(lost);
+    std::fs::remove_dir_all(c.data_dir(lost)).unwrap();
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != lost)
+        .map(|i| format!("127.0.0.1:{}", c.port(i)))
+        .collect();
+    let mut cmd = c.node_command_as(lost, "new");
+    cmd.args(["--join", &others.join(",")]);
+    c.start_with(lost, cmd);
+    let log = std::fs::read_to_string(c.log_path(lost)).unwrap();
+    assert!(
+        log.contains("starting as existing, to recover before voting"),
+        "{log}"
+    );
+    load.wait_progress(20, LONG, "writes after the restart");
+    let (acked, errors) = load.finish();
+    assert!(errors.is_empty(), "{errors:?}");
+    for (key, value) in acked.iter().take(40) {
+        let path = format!("/v1/kv/{key}");
+        let got = wait_for(LONG, &format!("{key} on the restarted replica"), || {
+            get(c.port(lost), &path).ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(&got.body["value"], value);
     }
     c.wait_converged(LONG);
 }

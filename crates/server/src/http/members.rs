@@ -18,6 +18,11 @@ pub(super) struct MemberChange {
     peer_addr: Option<String>,
     #[serde(default)]
     http_addr: Option<String>,
+    /// Sent by a replica joining itself (`paxlog node --join`), not by an
+    /// operator adding one: a join at the address of a running member is
+    /// a second process claiming its id.
+    #[serde(default)]
+    join: bool,
 }
 
 /// The membership with each member's addresses where known.
@@ -75,7 +80,9 @@ pub(super) async fn members_post(
             (Some(id), None) => (id, false),
             (None, Some(peer_addr)) if change.action == MemberAction::Add => {
                 let id = register(&state, peer_addr, change.http_addr.clone()).await?;
-                refuse_a_second_replica_for_a_running_member(&state, id, peer_addr).await?;
+                if change.join {
+                    refuse_a_second_replica_for_a_running_member(&state, id, peer_addr).await?;
+                }
                 (id, true)
             }
             (None, _) => {
