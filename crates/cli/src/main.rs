@@ -38,6 +38,14 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LeaseVerb {
+    Grant,
+    Keepalive,
+    Revoke,
+    Get,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MemberVerb {
     List,
     Add,
@@ -63,6 +71,22 @@ enum Verb {
     Put {
         key: String,
         value: String,
+        /// Attach the key to this lease (it goes when the lease does).
+        #[arg(long)]
+        lease: Option<u64>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Leases: `grant TTL_MS`, `keepalive ID` (once, or with --keep until
+    /// stopped), `revoke ID` (its keys go too), `get ID`.
+    Lease {
+        #[arg(value_enum)]
+        action: LeaseVerb,
+        /// The TTL in milliseconds (grant) or the lease id.
+        arg: u64,
+        /// keepalive: keep it alive until stopped (every third of its TTL).
+        #[arg(long)]
+        keep: bool,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -444,12 +468,52 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Put {
             key,
             value,
+            lease,
             endpoints,
         } => {
             let body = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
-            let path = format!("/v1/kv/{}", encode_key(&key));
+            let mut path = format!("/v1/kv/{}", encode_key(&key));
+            if let Some(lease) = lease {
+                path.push_str(&format!("?lease={lease}"));
+            }
             client_call(&endpoints, Method::PUT, &path, Some(body)).await
         }
+        Verb::Lease {
+            action,
+            arg,
+            keep,
+            endpoints,
+        } => match action {
+            LeaseVerb::Grant => {
+                let body = serde_json::json!({ "ttl_ms": arg });
+                client_call(&endpoints, Method::POST, "/v1/leases", Some(body)).await
+            }
+            LeaseVerb::Revoke => {
+                client_call(
+                    &endpoints,
+                    Method::DELETE,
+                    &format!("/v1/leases/{arg}"),
+                    None,
+                )
+                .await
+            }
+            LeaseVerb::Get => {
+                client_call(&endpoints, Method::GET, &format!("/v1/leases/{arg}"), None).await
+            }
+            LeaseVerb::Keepalive => {
+                let path = format!("/v1/leases/{arg}/keepalive");
+                loop {
+                    let answer = call_leader(&endpoints, &path, Value::Null).await?;
+                    let code = print_answer(&answer)?;
+                    if !keep || !answer.status.is_success() {
+                        return Ok(code);
+                    }
+                    let json: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+                    let ttl = json["ttl_ms"].as_u64().unwrap_or(3000);
+                    tokio::time::sleep(Duration::from_millis((ttl / 3).max(100))).await;
+                }
+            }
+        },
         Verb::Get {
             key,
             consistency,

@@ -50,6 +50,7 @@ pub async fn watch(
                 let mut body = response.into_body();
                 let mut pending = String::new();
                 let mut data = String::new();
+                let mut id: Option<u64> = None;
                 while let Some(frame) = body.frame().await {
                     let Ok(frame) = frame else { break };
                     let Ok(chunk) = frame.into_data() else {
@@ -61,13 +62,19 @@ pub async fn watch(
                         pending.drain(..=end);
                         if let Some(rest) = line.strip_prefix("data:") {
                             data.push_str(rest.trim_start());
+                        } else if let Some(rest) = line.strip_prefix("id:") {
+                            // Only a round's last change carries an id: the
+                            // round to resume after.
+                            id = rest.trim().parse::<u64>().ok();
                         } else if line.is_empty() && !data.is_empty() {
                             let event: Value = serde_json::from_str(&data)?;
                             data.clear();
-                            let round = event["round"]
+                            event["round"]
                                 .as_u64()
                                 .ok_or_else(|| anyhow!("event without a round: {event}"))?;
-                            from_round = Some(round + 1);
+                            if let Some(round) = id.take() {
+                                from_round = Some(round + 1);
+                            }
                             let mut out = std::io::stdout().lock();
                             if writeln!(out, "{event}").and_then(|()| out.flush()).is_err() {
                                 return Ok(()); // the reader went away

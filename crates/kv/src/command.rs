@@ -41,6 +41,35 @@ pub enum KvCommand {
         http_addr: Option<String>,
         min_id: u32,
     },
+    /// Creates a lease that lives `ttl_ms` after its last keep-alive, as
+    /// the leader counts (the store only numbers it: ids are the same on
+    /// every replica).
+    LeaseGrant { ttl_ms: u64 },
+    /// Sets `key` and attaches it to `lease`: the key goes when the lease
+    /// does. (Any other write to the key detaches it.)
+    PutLeased {
+        key: String,
+        value_json: String,
+        lease: u64,
+    },
+    /// Ends `lease` and deletes its keys, in this round on every replica:
+    /// asked by a client, or placed by the leader when the lease expired.
+    LeaseRevoke { lease: u64 },
+}
+
+/// Shortest and longest lease lifetime.
+pub const MIN_LEASE_TTL_MS: u64 = 1_000;
+pub const MAX_LEASE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Checks a lease lifetime.
+pub fn check_lease_ttl(ttl_ms: u64) -> Result<(), KvError> {
+    if (MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&ttl_ms) {
+        Ok(())
+    } else {
+        Err(KvError::InvalidValue(format!(
+            "a lease lives {MIN_LEASE_TTL_MS} ms to {MAX_LEASE_TTL_MS} ms, not {ttl_ms} ms"
+        )))
+    }
 }
 
 /// Longest replica address (`host:port`) the address book takes, in bytes.
@@ -171,6 +200,14 @@ impl KvCommand {
                 }
                 Ok(())
             }
+            KvCommand::LeaseGrant { ttl_ms } => check_lease_ttl(*ttl_ms),
+            KvCommand::PutLeased {
+                key, value_json, ..
+            } => {
+                validate_key(key)?;
+                parse_json_value(value_json).map(|_| ())
+            }
+            KvCommand::LeaseRevoke { .. } => Ok(()),
         }
     }
 
@@ -212,6 +249,13 @@ impl KvCommand {
                 quote(key),
                 expected_json.as_deref().unwrap_or("absent")
             ),
+            KvCommand::LeaseGrant { ttl_ms } => format!("LEASE GRANT ttl {ttl_ms} ms"),
+            KvCommand::PutLeased {
+                key,
+                value_json,
+                lease,
+            } => format!("PUT {} {value_json} lease {lease:x}", quote(key)),
+            KvCommand::LeaseRevoke { lease } => format!("LEASE REVOKE {lease:x}"),
             KvCommand::RegisterMember {
                 peer_addr,
                 http_addr,
@@ -231,17 +275,24 @@ impl KvCommand {
             KvCommand::Exec { source } => {
                 check_statement(source).ok().map(|s| s.name().to_string())
             }
-            KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
-                Some(key.clone())
-            }
-            KvCommand::RegisterMember { .. } => None,
+            KvCommand::Put { key, .. }
+            | KvCommand::Delete { key }
+            | KvCommand::Cas { key, .. }
+            | KvCommand::PutLeased { key, .. } => Some(key.clone()),
+            KvCommand::RegisterMember { .. }
+            | KvCommand::LeaseGrant { .. }
+            | KvCommand::LeaseRevoke { .. } => None,
         }
     }
 
     /// The key this command writes, if it can be known without parsing.
     pub fn key(&self) -> Option<&str> {
         match self {
-            KvCommand::Exec { .. } | KvCommand::RegisterMember { .. } => None,
+            KvCommand::Exec { .. }
+            | KvCommand::RegisterMember { .. }
+            | KvCommand::LeaseGrant { .. }
+            | KvCommand::LeaseRevoke { .. } => None,
+            KvCommand::PutLeased { key, .. } => Some(key),
             KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
                 Some(key)
             }

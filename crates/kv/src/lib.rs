@@ -17,13 +17,14 @@ mod store;
 mod tests;
 
 pub use command::{
-    check_member_addr, validate_key, validate_value, KvCommand, KvRequest, MAX_MEMBER_ADDR_BYTES,
+    check_lease_ttl, check_member_addr, validate_key, validate_value, KvCommand, KvRequest,
+    MAX_LEASE_TTL_MS, MAX_MEMBER_ADDR_BYTES, MIN_LEASE_TTL_MS,
 };
 pub use error::KvError;
 pub use output::{ApplyOutput, ApplyResult, ErrorKind};
 pub use parser::{parse_statement, parse_value, ParseError, Statement};
 pub use store::{
-    KvOptions, KvStore, MemberAddress, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_EXPIRY_ROUNDS,
+    KvOptions, KvStore, Lease, MemberAddress, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_EXPIRY_ROUNDS,
     SNAPSHOT_VERSION,
 };
 

@@ -90,4 +90,6 @@ pub enum ErrorKind {
     /// not executed, and the client must continue under a new client id.
     /// (Appended last: snapshots store kinds by index.)
     RequestExpired,
+    /// The lease named does not exist (never granted, revoked or expired).
+    LeaseNotFound,
 }

@@ -25,7 +25,11 @@ pub const DEFAULT_SESSION_EXPIRY_ROUNDS: u64 = 1_000_000;
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 5;
+pub const SNAPSHOT_VERSION: u8 = 6;
+
+/// The image before leases: no `leases`, no `next_lease_id`. Still
+/// restorable (no leases then).
+const SNAPSHOT_VERSION_V5: u8 = 5;
 
 /// The image before the address book: no `addresses`, no `ever_members`.
 /// Still restorable (the book is then empty).
@@ -56,6 +60,13 @@ impl Default for KvOptions {
             max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
+}
+
+/// A lease: its lifetime after a keep-alive, and the keys that go with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ttl_ms: u64,
+    pub keys: std::collections::BTreeSet<String>,
 }
 
 /// Where a replica that joined can be reached: its peer-protocol address
@@ -162,6 +173,12 @@ pub struct KvStore {
     /// that was and is no more is retired: its registration no longer
     /// answers for its address, and no id is ever given out twice.
     ever_members: u64,
+    /// Leases by id, with the keys attached to each.
+    leases: BTreeMap<u64, Lease>,
+    /// The lease each leased key is attached to.
+    key_lease: HashMap<String, u64>,
+    /// The id the next lease gets (ids are never reused).
+    next_lease_id: u64,
     /// Moves whenever the address book or the membership may have changed
     /// (not replicated state: a cue for the server to redial its peers).
     book_version: u64,
@@ -184,6 +201,8 @@ impl PartialEq for KvStore {
             && self.membership == other.membership
             && self.addresses == other.addresses
             && self.ever_members == other.ever_members
+            && self.leases == other.leases
+            && self.next_lease_id == other.next_lease_id
     }
 }
 
@@ -205,6 +224,9 @@ impl KvStore {
             membership: None,
             addresses: BTreeMap::new(),
             ever_members: 0,
+            leases: BTreeMap::new(),
+            key_lease: HashMap::new(),
+            next_lease_id: 1,
             book_version: 0,
             ignore_request_stamps: false,
         }
@@ -320,6 +342,31 @@ impl KvStore {
     /// The address book: replicas registered by the join flow, by id.
     pub fn member_addresses(&self) -> &BTreeMap<u32, MemberAddress> {
         &self.addresses
+    }
+
+    /// The leases, by id.
+    pub fn leases(&self) -> &BTreeMap<u64, Lease> {
+        &self.leases
+    }
+
+    /// The lease `key` is attached to, if any.
+    pub fn lease_of(&self, key: &str) -> Option<u64> {
+        self.key_lease.get(key).copied()
+    }
+
+    fn detach(&mut self, key: &str) {
+        if let Some(lease) = self.key_lease.remove(key) {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.remove(key);
+            }
+        }
+    }
+
+    fn lease_not_found(lease: u64) -> ApplyResult {
+        ApplyResult::error(
+            ErrorKind::LeaseNotFound,
+            format!("lease {lease:x} does not exist (never granted, revoked, or expired)"),
+        )
     }
 
     /// Changes whenever the address book or the membership may have (see
@@ -514,7 +561,25 @@ impl KvStore {
             return expired_output(slot, id);
         }
         let result = match command {
-            Ok(cmd) => self.execute_command(cmd).unwrap_or_else(|e| e),
+            Ok(cmd) => {
+                // Any write to a key but a leased put takes it off its lease.
+                let detaches = match &cmd {
+                    KvCommand::PutLeased { .. } => None,
+                    other => other.written_key(),
+                };
+                let result = self.execute_command(cmd).unwrap_or_else(|e| e);
+                let wrote = match &result {
+                    ApplyResult::Ok {
+                        value: Some(Value::Object(report)),
+                    } => report.get("succeeded") != Some(&Value::Bool(false)),
+                    ApplyResult::Ok { .. } => true,
+                    ApplyResult::Error { .. } => false,
+                };
+                if let (Some(key), true) = (detaches, wrote) {
+                    self.detach(&key);
+                }
+                result
+            }
             Err(e) => failed(e),
         };
         self.sessions.insert(
@@ -561,6 +626,55 @@ impl KvStore {
                 http_addr,
                 min_id,
             } => self.register_member(peer_addr, http_addr, min_id),
+            KvCommand::LeaseGrant { ttl_ms } => {
+                crate::command::check_lease_ttl(ttl_ms).map_err(failed)?;
+                let id = self.next_lease_id;
+                self.next_lease_id += 1;
+                self.leases.insert(
+                    id,
+                    Lease {
+                        ttl_ms,
+                        keys: Default::default(),
+                    },
+                );
+                let mut report = Map::new();
+                report.insert("lease".into(), Value::from(id));
+                report.insert("ttl_ms".into(), Value::from(ttl_ms));
+                Ok(ApplyResult::ok(Some(Value::Object(report))))
+            }
+            KvCommand::PutLeased {
+                key,
+                value_json,
+                lease,
+            } => {
+                validate_key(&key).map_err(failed)?;
+                let value = parse_json_value(&value_json).map_err(failed)?;
+                if !self.leases.contains_key(&lease) {
+                    return Err(Self::lease_not_found(lease));
+                }
+                self.detach(&key);
+                if let Some(l) = self.leases.get_mut(&lease) {
+                    l.keys.insert(key.clone());
+                }
+                self.key_lease.insert(key.clone(), lease);
+                let previous = self.db.insert(key, value);
+                Ok(previous_report(previous))
+            }
+            KvCommand::LeaseRevoke { lease } => {
+                let Some(gone) = self.leases.remove(&lease) else {
+                    return Err(Self::lease_not_found(lease));
+                };
+                let mut deleted = Vec::new();
+                for key in gone.keys {
+                    self.key_lease.remove(&key);
+                    if self.db.remove(&key).is_some() {
+                        deleted.push(Value::from(key));
+                    }
+                }
+                let mut report = Map::new();
+                report.insert("deleted".into(), Value::Array(deleted));
+                Ok(ApplyResult::ok(Some(Value::Object(report))))
+            }
             KvCommand::Cas {
                 key,
                 expected_json,
@@ -756,6 +870,8 @@ struct SnapshotOut<'a> {
     membership: Option<&'a Membership>,
     addresses: Vec<(u32, &'a MemberAddress)>,
     ever_members: u64,
+    leases: Vec<(u64, &'a Lease)>,
+    next_lease_id: u64,
 }
 
 #[derive(Deserialize)]
@@ -767,6 +883,36 @@ struct SnapshotIn {
     membership: Option<Membership>,
     addresses: Vec<(u32, MemberAddress)>,
     ever_members: u64,
+    leases: Vec<(u64, Lease)>,
+    next_lease_id: u64,
+}
+
+/// A version 5 image: as version 6 without the leases.
+#[derive(Deserialize)]
+struct SnapshotInV5 {
+    applied_upto: u64,
+    expired_upto: Option<u64>,
+    entries: Vec<(String, String)>,
+    sessions: Vec<SnapshotSession>,
+    membership: Option<Membership>,
+    addresses: Vec<(u32, MemberAddress)>,
+    ever_members: u64,
+}
+
+impl SnapshotInV5 {
+    fn upgrade(self) -> SnapshotIn {
+        SnapshotIn {
+            applied_upto: self.applied_upto,
+            expired_upto: self.expired_upto,
+            entries: self.entries,
+            sessions: self.sessions,
+            membership: self.membership,
+            addresses: self.addresses,
+            ever_members: self.ever_members,
+            leases: Vec::new(),
+            next_lease_id: 1,
+        }
+    }
 }
 
 /// A version 4 image: as version 5 without the address book.
@@ -792,6 +938,8 @@ impl SnapshotInV4 {
             membership: self.membership,
             addresses: Vec::new(),
             ever_members,
+            leases: Vec::new(),
+            next_lease_id: 1,
         }
     }
 }
@@ -815,6 +963,8 @@ impl SnapshotInV3 {
             membership: None,
             addresses: Vec::new(),
             ever_members: 0,
+            leases: Vec::new(),
+            next_lease_id: 1,
         }
     }
 }
@@ -866,6 +1016,8 @@ impl SnapshotInV2 {
             membership: None,
             addresses: Vec::new(),
             ever_members: 0,
+            leases: Vec::new(),
+            next_lease_id: 1,
             sessions: self
                 .clients
                 .into_iter()
@@ -967,6 +1119,8 @@ impl StateMachine for KvStore {
             membership: self.membership.as_ref(),
             addresses: self.addresses.iter().map(|(id, a)| (*id, a)).collect(),
             ever_members: self.ever_members,
+            leases: self.leases.iter().map(|(id, l)| (*id, l)).collect(),
+            next_lease_id: self.next_lease_id,
         };
         let mut out = vec![SNAPSHOT_VERSION];
         // Serialising into a Vec cannot fail.
@@ -980,6 +1134,7 @@ impl StateMachine for KvStore {
         let (&version, rest) = image.split_first().ok_or_else(|| corrupt("empty image"))?;
         let body = match version {
             SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
+            SNAPSHOT_VERSION_V5 => decode_body::<SnapshotInV5>(rest)?.upgrade(),
             SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?.upgrade(),
             SNAPSHOT_VERSION_V3 => decode_body::<SnapshotInV3>(rest)?.upgrade(),
             SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?.upgrade(),
@@ -1067,7 +1222,28 @@ impl StateMachine for KvStore {
             addresses.insert(id, address);
         }
 
+        let mut leases = BTreeMap::new();
+        let mut key_lease = HashMap::new();
+        for (id, lease) in body.leases {
+            if id == 0 || id >= body.next_lease_id || leases.contains_key(&id) {
+                return Err(corrupt(format!(
+                    "lease {id:x}: a repeated id, or not below the next id {:x}",
+                    body.next_lease_id
+                )));
+            }
+            for key in &lease.keys {
+                validate_key(key).map_err(|e| corrupt(format!("lease {id:x}: {e}")))?;
+                if key_lease.insert(key.clone(), id).is_some() {
+                    return Err(corrupt(format!("key {key:?} is on two leases")));
+                }
+            }
+            leases.insert(id, lease);
+        }
+
         self.db = db;
+        self.leases = leases;
+        self.key_lease = key_lease;
+        self.next_lease_id = body.next_lease_id.max(1);
         self.addresses = addresses;
         self.ever_members = body.ever_members;
         self.book_version += 1;

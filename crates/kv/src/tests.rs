@@ -1246,6 +1246,8 @@ fn restore_rejects_inconsistent_sessions() {
         membership: Option<(u64, u64, u64)>,
         addresses: Vec<(u32, (String, Option<String>))>,
         ever_members: u64,
+        leases: Vec<(u64, (u64, Vec<String>))>,
+        next_lease_id: u64,
     }
     #[derive(serde::Serialize, serde::Deserialize)]
     enum Outcome {
@@ -1826,4 +1828,66 @@ fn a_version_4_image_restores_with_an_empty_address_book() {
     let mut after = old.clone();
     config(&mut after, 2, 0b111, 0);
     assert!(after.is_retired(3));
+}
+
+fn lease_cmd(store: &mut KvStore, client_id: u64, cmd: &KvCommand) -> ApplyOutput {
+    let entry = fresh(store, client_id, 1, cmd);
+    run(store, &entry)
+}
+
+#[test]
+fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked() {
+    let mut s = KvStore::default();
+    let granted = lease_cmd(&mut s, 1, &KvCommand::LeaseGrant { ttl_ms: 5_000 });
+    let ApplyResult::Ok { value: Some(v) } = &granted.result else {
+        panic!("{granted:?}")
+    };
+    assert_eq!(v["lease"], json!(1));
+    let put = |key: &str, lease| KvCommand::PutLeased {
+        key: key.into(),
+        value_json: "1".into(),
+        lease,
+    };
+    assert!(lease_cmd(&mut s, 2, &put("a", 1)).is_ok());
+    assert!(lease_cmd(&mut s, 3, &put("b", 1)).is_ok());
+    assert!(lease_cmd(&mut s, 4, &put("c", 1)).is_ok());
+    assert_eq!(s.lease_of("a"), Some(1));
+    // A plain write takes a key off its lease; a delete too.
+    lease_cmd(&mut s, 5, &KvCommand::put("b", &json!(2)).unwrap());
+    assert_eq!(s.lease_of("b"), None);
+    lease_cmd(&mut s, 6, &KvCommand::delete("c").unwrap());
+    // A failed compare-and-set writes nothing and leaves the lease.
+    lease_cmd(
+        &mut s,
+        7,
+        &KvCommand::cas("a", Some(&json!(9)), &json!(3)).unwrap(),
+    );
+    assert_eq!(s.lease_of("a"), Some(1));
+    // An unknown lease is refused and writes nothing.
+    let refused = lease_cmd(&mut s, 8, &put("z", 9));
+    assert_eq!(kind(&refused), Some(ErrorKind::LeaseNotFound));
+    assert!(s.get("z").is_none());
+    // The snapshot keeps leases and their keys.
+    let mut restored = KvStore::default();
+    restored.restore(&s.snapshot()).unwrap();
+    assert_eq!(restored, s);
+    assert_eq!(restored.lease_of("a"), Some(1));
+    // Revoking deletes exactly the keys still on it.
+    let revoked = lease_cmd(&mut s, 9, &KvCommand::LeaseRevoke { lease: 1 });
+    let ApplyResult::Ok { value: Some(v) } = &revoked.result else {
+        panic!("{revoked:?}")
+    };
+    assert_eq!(v["deleted"], json!(["a"]));
+    assert!(s.get("a").is_none());
+    assert_eq!(s.get("b"), Some(&json!(2)));
+    assert!(s.leases().is_empty());
+    let again = lease_cmd(&mut s, 10, &KvCommand::LeaseRevoke { lease: 1 });
+    assert_eq!(kind(&again), Some(ErrorKind::LeaseNotFound));
+    // Ids are never reused; bad lifetimes are refused.
+    let next = lease_cmd(&mut s, 11, &KvCommand::LeaseGrant { ttl_ms: 2_000 });
+    let ApplyResult::Ok { value: Some(v) } = &next.result else {
+        panic!("{next:?}")
+    };
+    assert_eq!(v["lease"], json!(2));
+    assert!(KvCommand::LeaseGrant { ttl_ms: 10 }.validate().is_err());
 }

@@ -49,6 +49,7 @@ pub enum DriverInput {
     Read(ReadRequest),
     ChangeMembership(MembershipRequest),
     Watch(WatchRequest),
+    Lease(LeaseRequest),
     Shutdown,
 }
 

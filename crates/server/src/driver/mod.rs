@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 mod api;
 mod events;
 pub mod io;
+mod leases;
 mod members;
 mod observe;
 mod reads;
@@ -45,6 +46,7 @@ mod writes;
 
 pub use api::*;
 use io::{Clock, LogStorage, PeerNetwork, SnapshotReceiving, SnapshotStorage};
+pub use leases::{LeaseAction, LeaseInfo, LeaseRequest};
 pub use members::{peer_addresses, MEMBERSHIP_CLIENT_ID, PROMOTE_MAX_LAG_ROUNDS};
 use observe::{AliveGuard, CatchUp};
 use reads::describe_entry;
@@ -127,6 +129,8 @@ pub struct Driver {
     book_version_dialed: u64,
     /// Recent changes and open watches.
     watch: watch::WatchHub,
+    /// The leader's lease deadlines.
+    lease_clock: leases::LeaseClock,
     /// Client addresses peers announced (`Wire::ClientAddress`).
     heard_http: BTreeMap<u32, String>,
     /// Slow publishes until this replica announces its client address.
@@ -206,6 +210,7 @@ impl Driver {
             book_version_dialed,
             heard_http: BTreeMap::new(),
             watch: watch::WatchHub::new(kv.applied_upto().0),
+            lease_clock: Default::default(),
             announce_countdown: 0,
             reproposals: VecDeque::new(),
             reproposal_interval,
@@ -363,6 +368,7 @@ impl Driver {
             DriverInput::Read(request) => self.start_read(request),
             DriverInput::ChangeMembership(request) => self.start_membership_change(request),
             DriverInput::Watch(request) => self.start_watch(request),
+            DriverInput::Lease(request) => self.start_lease_request(request),
             DriverInput::Shutdown => return Ok(false),
         }
         Ok(true)

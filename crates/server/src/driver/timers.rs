@@ -59,6 +59,7 @@ impl Driver {
             self.expire(key);
         }
         self.check_snapshot_transfer(now);
+        self.lease_timers();
     }
 
     pub(super) fn expire(&mut self, key: TimeoutKey) {

@@ -23,6 +23,10 @@ pub struct WatchEvent {
     pub round: u64,
     pub key: String,
     pub value: Option<Value>,
+    /// The last change of its round (a revoked lease deletes several keys
+    /// in one round): a client resumes after the round once it saw this.
+    #[serde(skip)]
+    pub last_in_round: bool,
 }
 
 pub struct WatchRequest {
@@ -152,6 +156,28 @@ impl Driver {
         let Ok(command) = KvCommand::decode(payload) else {
             return;
         };
+        if let KvCommand::LeaseRevoke { .. } = &command {
+            let deleted: Vec<String> = value
+                .as_ref()
+                .and_then(|v| v.get("deleted"))
+                .and_then(Value::as_array)
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let last = deleted.len().saturating_sub(1);
+            for (i, key) in deleted.into_iter().enumerate() {
+                self.watch.record(WatchEvent {
+                    round: slot.0,
+                    key,
+                    value: None,
+                    last_in_round: i == last,
+                });
+            }
+            return;
+        }
         let flag = |name: &str| {
             value
                 .as_ref()
@@ -172,6 +198,7 @@ impl Driver {
                 round: slot.0,
                 key,
                 value,
+                last_in_round: true,
             });
         }
     }
@@ -196,6 +223,7 @@ mod tests {
             round,
             key: key.to_string(),
             value: Some(Value::from(round)),
+            last_in_round: true,
         }
     }
 
@@ -265,6 +293,7 @@ mod tests {
                 round: r,
                 key: "big".into(),
                 value: Some(Value::from(big.clone())),
+                last_in_round: true,
             });
         }
         assert!(hub.history_bytes <= WATCH_HISTORY_BYTES);

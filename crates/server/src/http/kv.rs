@@ -56,17 +56,34 @@ pub(super) fn write_response(key: &str, output: ApplyOutput) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PutParams {
+    /// Attach the key to this lease (it goes when the lease does).
+    lease: Option<u64>,
+}
+
 pub(super) async fn kv_put(
     State(state): State<AppState>,
     Path(key): Path<String>,
     headers: HeaderMap,
+    params: Result<QueryParams<PutParams>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
+        let QueryParams(params) =
+            params.map_err(|e| error_response(400, format!("bad query: {e}")))?;
         let body = body_or_error(body)?;
         let value: Value = parse_json(&body)?;
-        let command =
+        let mut command =
             KvCommand::put(key.clone(), &value).map_err(|e| error_response(400, e.to_string()))?;
+        if let (Some(lease), KvCommand::Put { key, value_json }) = (params.lease, &command) {
+            command = KvCommand::PutLeased {
+                key: key.clone(),
+                value_json: value_json.clone(),
+                lease,
+            };
+        }
         let id = state.request_id(&headers)?;
         let output = state.write(command, id).await?;
         Ok::<_, Response>(write_response(&key, output))

@@ -31,12 +31,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod kv;
+mod leases;
 mod members;
 mod observe;
 mod seed;
 mod watch;
 
 use kv::*;
+use leases::*;
 use members::*;
 use observe::*;
 use seed::*;
@@ -133,6 +135,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/cas/{*key}", post(kv_cas))
         .route("/v1/members", get(members_get).post(members_post))
         .route("/v1/watch", get(watch))
+        .route("/v1/leases", post(lease_grant))
+        .route("/v1/leases/{lease}", get(lease_get).delete(lease_revoke))
+        .route("/v1/leases/{lease}/keepalive", post(lease_keepalive))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

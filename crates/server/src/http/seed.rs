@@ -36,6 +36,7 @@ pub(super) fn round_of(output: &ApplyOutput) -> u64 {
 pub(super) fn kind_status(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::RequestExpired => 409,
+        ErrorKind::LeaseNotFound => 404,
         _ => 400,
     }
 }

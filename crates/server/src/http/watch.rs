@@ -71,8 +71,11 @@ fn sse_event(event: &WatchEvent) -> Event {
         "delete"
     };
     let data = json!({ "round": event.round, "key": event.key, "value": event.value });
-    Event::default()
-        .id(event.round.to_string())
-        .event(kind)
-        .data(data.to_string())
+    let sse = Event::default().event(kind).data(data.to_string());
+    // Only a round's last change carries the id a client resumes after.
+    if event.last_in_round {
+        sse.id(event.round.to_string())
+    } else {
+        sse
+    }
 }

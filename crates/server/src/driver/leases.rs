@@ -1,0 +1,164 @@
+//! Lease expiry. Which leases exist and which keys they hold is replicated
+//! state (the store); when one expires is the leader's call, carried
+//! through the log as a `LeaseRevoke`, so every replica deletes the same
+//! keys at the same round. Keep-alives go to the leader and refresh its
+//! deadline in memory only (no log write per keep-alive).
+//!
+//! Never early: a deadline is the lease's TTL stretched by the clock drift
+//! bound after the last keep-alive this leader answered, measured on its
+//! monotonic clock; a new leader gives every lease a whole stretched TTL
+//! from the moment it leads (it cannot know when the old leader last saw a
+//! keep-alive, and one that came just before the change must still count).
+
+use super::*;
+
+/// The clock drift the lease deadlines allow for, as the core's leases do.
+const LEASE_DRIFT_PERCENT: u64 = 10;
+
+pub struct LeaseRequest {
+    pub action: LeaseAction,
+    pub reply: Reply<LeaseInfo>,
+}
+
+pub enum LeaseAction {
+    /// Refresh a lease's deadline (the leader only).
+    KeepAlive(u64),
+    /// A lease's lifetime and what is left of it.
+    Get(u64),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseInfo {
+    pub lease: u64,
+    pub ttl_ms: u64,
+    /// Until the leader expires it, if this replica leads (else unknown).
+    pub remaining_ms: Option<u64>,
+    pub keys: Vec<String>,
+}
+
+/// The leader's deadlines, for the leases the store holds.
+#[derive(Default)]
+pub(super) struct LeaseClock {
+    /// The ballot these deadlines were set under (a new leader starts over).
+    leading_since: Option<String>,
+    deadlines: HashMap<u64, Instant>,
+    /// Leases whose revoke this leader has placed.
+    revoking: HashMap<u64, Instant>,
+}
+
+fn stretched(ttl_ms: u64) -> Duration {
+    Duration::from_millis(ttl_ms.saturating_mul(100 + LEASE_DRIFT_PERCENT) / 100)
+}
+
+impl Driver {
+    /// Once per turn: as the leader, give every lease a deadline and revoke
+    /// the ones that passed it; as anyone else, forget the deadlines.
+    pub(super) fn lease_timers(&mut self) {
+        if self.kv.leases().is_empty() && self.lease_clock.deadlines.is_empty() {
+            return;
+        }
+        let leading =
+            (self.replica.role() == Role::Leader).then(|| self.replica.promised().to_string());
+        if leading.is_none() {
+            self.lease_clock = LeaseClock::default();
+            return;
+        }
+        let now = self.clock.now();
+        if self.lease_clock.leading_since != leading {
+            self.lease_clock = LeaseClock {
+                leading_since: leading,
+                ..LeaseClock::default()
+            };
+        }
+        let clock = &mut self.lease_clock;
+        clock
+            .deadlines
+            .retain(|id, _| self.kv.leases().contains_key(id));
+        clock
+            .revoking
+            .retain(|id, _| self.kv.leases().contains_key(id));
+        for (id, lease) in self.kv.leases() {
+            clock
+                .deadlines
+                .entry(*id)
+                .or_insert_with(|| now + stretched(lease.ttl_ms));
+        }
+        let due: Vec<u64> = clock
+            .deadlines
+            .iter()
+            .filter(|(id, at)| {
+                **at <= now
+                    && clock
+                        .revoking
+                        .get(id)
+                        .is_none_or(|placed| now.duration_since(*placed) > self.reproposal_interval)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for lease in due {
+            self.lease_clock.revoking.insert(lease, now);
+            tracing::info!(node = self.cfg.id, lease, "lease expired: revoking it");
+            let (reply, _) = oneshot::channel();
+            let id = RequestId {
+                client_id: self.new_read_id() | (1 << 63),
+                seq: 1,
+            };
+            self.start_write(WriteRequest {
+                command: KvCommand::LeaseRevoke { lease },
+                id,
+                reply,
+                deadline: now + Duration::from_millis(self.cfg.request_timeout_ms),
+            });
+        }
+    }
+
+    pub(super) fn start_lease_request(&mut self, request: LeaseRequest) {
+        let answer = self.lease_request(request.action);
+        let _ = request.reply.send(answer);
+    }
+
+    fn lease_request(&mut self, action: LeaseAction) -> Result<LeaseInfo, DriverError> {
+        let (id, keep_alive) = match action {
+            LeaseAction::KeepAlive(id) => (id, true),
+            LeaseAction::Get(id) => (id, false),
+        };
+        let Some(lease) = self.kv.leases().get(&id) else {
+            return Err(DriverError::Rejected {
+                kind: ErrorKind::LeaseNotFound,
+                message: format!("lease {id} does not exist (never granted, revoked, or expired)"),
+            });
+        };
+        let ttl_ms = lease.ttl_ms;
+        let keys = lease.keys.iter().cloned().collect();
+        let leads = self.replica.role() == Role::Leader;
+        if keep_alive && !leads {
+            return Err(DriverError::NotLeader {
+                leader: self.replica.leader().map(|n| n.0),
+            });
+        }
+        // Deadlines exist only once this turn's timers ran as leader.
+        self.lease_timers();
+        let now = self.clock.now();
+        if keep_alive {
+            if self.lease_clock.revoking.contains_key(&id) {
+                return Err(DriverError::Rejected {
+                    kind: ErrorKind::LeaseNotFound,
+                    message: format!("lease {id} expired"),
+                });
+            }
+            self.lease_clock
+                .deadlines
+                .insert(id, now + stretched(ttl_ms));
+        }
+        let remaining_ms = leads
+            .then(|| self.lease_clock.deadlines.get(&id))
+            .flatten()
+            .map(|at| at.saturating_duration_since(now).as_millis() as u64);
+        Ok(LeaseInfo {
+            lease: id,
+            ttl_ms,
+            remaining_ms,
+            keys,
+        })
+    }
+}
