@@ -49,7 +49,6 @@ pub enum DriverInput {
     Read(ReadRequest),
     ChangeMembership(MembershipRequest),
     Watch(WatchRequest),
-    Lease(LeaseRequest),
     Shutdown,
 }
 
@@ -129,6 +128,12 @@ pub enum Query {
     Status {
         reply: Reply<Box<NodeStatus>>,
     },
+    /// A lease's keep-alive or its state: answered after the read barrier,
+    /// so a revoke a new leader inherited is applied first.
+    Lease {
+        action: LeaseAction,
+        reply: Reply<LeaseInfo>,
+    },
     /// Chosen entries from `from` (default: the last `limit` chosen rounds).
     Log {
         from: Option<u64>,
@@ -142,7 +147,7 @@ impl Query {
     pub(super) fn reads_state(&self) -> bool {
         matches!(
             self,
-            Query::Get { .. } | Query::Scan { .. } | Query::Db { .. }
+            Query::Get { .. } | Query::Scan { .. } | Query::Db { .. } | Query::Lease { .. }
         )
     }
 
@@ -155,6 +160,7 @@ impl Query {
             Query::Fetch { reply, .. } => drop(reply.send(Err(error))),
             Query::Status { reply } => drop(reply.send(Err(error))),
             Query::Log { reply, .. } => drop(reply.send(Err(error))),
+            Query::Lease { reply, .. } => drop(reply.send(Err(error))),
         }
     }
 }

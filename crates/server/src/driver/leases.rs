@@ -15,11 +15,6 @@ use super::*;
 /// The clock drift the lease deadlines allow for, as the core's leases do.
 const LEASE_DRIFT_PERCENT: u64 = 10;
 
-pub struct LeaseRequest {
-    pub action: LeaseAction,
-    pub reply: Reply<LeaseInfo>,
-}
-
 pub enum LeaseAction {
     /// Refresh a lease's deadline (the leader only).
     KeepAlive(u64),
@@ -83,6 +78,14 @@ impl Driver {
                 .entry(*id)
                 .or_insert_with(|| now + stretched(lease.ttl_ms));
         }
+        // A leader that does not hold its lease may have been replaced:
+        // keep-alives may be going to the new one, so its deadlines may be
+        // stale; it revokes nothing (a revoke it placed could still be
+        // chosen later, through the next leader's Phase 1).
+        if !self.replica.lease_active() {
+            return;
+        }
+        let clock = &mut self.lease_clock;
         let due: Vec<u64> = clock
             .deadlines
             .iter()
@@ -112,12 +115,12 @@ impl Driver {
         }
     }
 
-    pub(super) fn start_lease_request(&mut self, request: LeaseRequest) {
-        let answer = self.lease_request(request.action);
-        let _ = request.reply.send(answer);
-    }
-
-    fn lease_request(&mut self, action: LeaseAction) -> Result<LeaseInfo, DriverError> {
+    /// Answers a lease query (after its read barrier: every round the
+    /// leader inherited is applied, so a revoke placed by an earlier leader
+    /// is seen). A keep-alive is taken only by a leader that holds its
+    /// lease: no other leader can exist meanwhile, so no other replica's
+    /// deadline for it can be running out of date.
+    pub(super) fn lease_request(&mut self, action: LeaseAction) -> Result<LeaseInfo, DriverError> {
         let (id, keep_alive) = match action {
             LeaseAction::KeepAlive(id) => (id, true),
             LeaseAction::Get(id) => (id, false),
@@ -131,7 +134,7 @@ impl Driver {
         let ttl_ms = lease.ttl_ms;
         let keys = lease.keys.iter().cloned().collect();
         let leads = self.replica.role() == Role::Leader;
-        if keep_alive && !leads {
+        if keep_alive && !(leads && self.replica.lease_active()) {
             return Err(DriverError::NotLeader {
                 leader: self.replica.leader().map(|n| n.0),
             });

@@ -46,7 +46,7 @@ mod writes;
 
 pub use api::*;
 use io::{Clock, LogStorage, PeerNetwork, SnapshotReceiving, SnapshotStorage};
-pub use leases::{LeaseAction, LeaseInfo, LeaseRequest};
+pub use leases::{LeaseAction, LeaseInfo};
 pub use members::{peer_addresses, MEMBERSHIP_CLIENT_ID, PROMOTE_MAX_LAG_ROUNDS};
 use observe::{AliveGuard, CatchUp};
 use reads::describe_entry;
@@ -368,7 +368,6 @@ impl Driver {
             DriverInput::Read(request) => self.start_read(request),
             DriverInput::ChangeMembership(request) => self.start_membership_change(request),
             DriverInput::Watch(request) => self.start_watch(request),
-            DriverInput::Lease(request) => self.start_lease_request(request),
             DriverInput::Shutdown => return Ok(false),
         }
         Ok(true)

@@ -9,6 +9,20 @@ impl Driver {
             self.answer(request.query);
             return;
         }
+        if let Query::Lease {
+            action: LeaseAction::KeepAlive(_),
+            ..
+        } = &request.query
+        {
+            // Only the leader takes keep-alives: a follower says who leads
+            // at once instead of waiting out a read barrier first.
+            if self.replica.role() != Role::Leader {
+                request.query.fail(DriverError::NotLeader {
+                    leader: self.replica.leader().map(|n| n.0),
+                });
+                return;
+            }
+        }
         if request.consistency == Consistency::Linearizable {
             if let Some(why) = self.not_a_member() {
                 request.query.fail(DriverError::unavailable(why));
@@ -67,7 +81,7 @@ impl Driver {
     }
 
     /// Answers `query` from this replica's state as it is now.
-    pub(super) fn answer(&self, query: Query) {
+    pub(super) fn answer(&mut self, query: Query) {
         let current_round = self.kv.applied_upto().0;
         match query {
             Query::Get { key, reply } => {
@@ -96,6 +110,7 @@ impl Driver {
             Query::Fetch { round, reply } => drop(reply.send(Ok(self.fetch(round)))),
             Query::Status { reply } => drop(reply.send(Ok(Box::new(self.status())))),
             Query::Log { from, limit, reply } => drop(reply.send(Ok(self.log_page(from, limit)))),
+            Query::Lease { action, reply } => drop(reply.send(self.lease_request(action))),
         }
     }
 

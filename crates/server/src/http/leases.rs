@@ -5,7 +5,7 @@
 //! by the leader through the log.
 
 use super::*;
-use crate::driver::{LeaseAction, LeaseInfo, LeaseRequest};
+use crate::driver::{LeaseAction, LeaseInfo};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,9 +68,11 @@ pub(super) async fn lease_revoke(
 }
 
 async fn lease_call(state: &AppState, action: LeaseAction) -> Result<LeaseInfo, Response> {
-    let (reply, answer) = oneshot::channel();
     state
-        .ask(DriverInput::Lease(LeaseRequest { action, reply }), answer)
+        .read(Consistency::Linearizable, |reply| Query::Lease {
+            action,
+            reply,
+        })
         .await
 }
 
