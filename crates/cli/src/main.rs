@@ -975,37 +975,21 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     if let Some(v) = args.cluster_id {
         cfg.cluster_id = v;
     }
-    if args.peer_listen.is_some() {
-        cfg.peer_listen = args.peer_listen;
-    }
-    if args.advertise_peer.is_some() {
-        cfg.advertise_peer = args.advertise_peer;
-    }
-    if args.advertise_http.is_some() {
-        cfg.advertise_http = args.advertise_http;
-    }
+    replace_if_given(&mut cfg.peer_listen, args.peer_listen);
+    replace_if_given(&mut cfg.advertise_peer, args.advertise_peer);
+    replace_if_given(&mut cfg.advertise_http, args.advertise_http);
     if let Some(v) = args.cluster_secret {
         cfg.cluster_secret = Some(v);
     }
-    if args.tls_cert.is_some() {
-        cfg.tls_cert = args.tls_cert;
-    }
-    if args.tls_key.is_some() {
-        cfg.tls_key = args.tls_key;
-    }
-    if args.tls_ca.is_some() {
-        cfg.tls_ca = args.tls_ca;
-    }
+    replace_if_given(&mut cfg.tls_cert, args.tls_cert);
+    replace_if_given(&mut cfg.tls_key, args.tls_key);
+    replace_if_given(&mut cfg.tls_ca, args.tls_ca);
     if let Some(v) = args.tls_peer_name {
         cfg.tls_peer_name = v;
     }
     cfg.tls_client_auth |= args.tls_client_auth;
-    if args.write_token.is_some() {
-        cfg.write_token = args.write_token;
-    }
-    if args.read_token.is_some() {
-        cfg.read_token = args.read_token;
-    }
+    replace_if_given(&mut cfg.write_token, args.write_token);
+    replace_if_given(&mut cfg.read_token, args.read_token);
     if let Some(v) = args.tick_ms {
         cfg.tick_ms = v;
     }
@@ -1032,6 +1016,13 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         cfg.validate()?;
     }
     Ok(cfg)
+}
+
+/// A flag given on the command line wins over the config file.
+fn replace_if_given<T>(setting: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *setting = flag;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

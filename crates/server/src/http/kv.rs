@@ -38,21 +38,30 @@ pub(super) async fn kv_get(
 }
 
 pub(super) fn write_response(key: &str, output: ApplyOutput) -> Response {
+    write_answer(json!({ "key": key }), output)
+}
+
+/// A write's answer: `fields` plus its round (and, on success, whether it
+/// was a retry and what the command reported; on failure, the kind).
+pub(super) fn write_answer(mut fields: Value, output: ApplyOutput) -> Response {
     let round_id = round_of(&output);
+    fields["round_id"] = json!(round_id);
     match output.result {
         ApplyResult::Ok { value } => {
-            let mut body =
-                json!({ "key": key, "round_id": round_id, "duplicate": output.duplicate });
-            if let (Value::Object(map), Some(Value::Object(extra))) = (&mut body, value) {
+            fields["duplicate"] = json!(output.duplicate);
+            if let (Value::Object(map), Some(Value::Object(extra))) = (&mut fields, value) {
                 map.extend(extra);
             }
-            Json(body).into_response()
+            Json(fields).into_response()
         }
-        ApplyResult::Error { kind, message } => error_with(
-            kind_status(kind),
-            format!("{}: {message}", kind_name(&kind)),
-            json!({ "key": key, "round_id": round_id, "kind": kind }),
-        ),
+        ApplyResult::Error { kind, message } => {
+            fields["kind"] = json!(kind);
+            error_with(
+                kind_status(kind),
+                format!("{}: {message}", kind_name(&kind)),
+                fields,
+            )
+        }
     }
 }
 

@@ -14,21 +14,7 @@ pub(super) struct Grant {
 }
 
 fn lease_answer(output: ApplyOutput) -> Response {
-    let round_id = output.slot.0;
-    match output.result {
-        ApplyResult::Ok { value } => {
-            let mut body = json!({ "round_id": round_id });
-            if let (Value::Object(map), Some(Value::Object(extra))) = (&mut body, value) {
-                map.extend(extra);
-            }
-            Json(body).into_response()
-        }
-        ApplyResult::Error { kind, message } => error_with(
-            kind_status(kind),
-            format!("{}: {message}", kind_name(&kind)),
-            json!({ "round_id": round_id, "kind": kind }),
-        ),
-    }
+    write_answer(json!({}), output)
 }
 
 pub(super) async fn lease_grant(
