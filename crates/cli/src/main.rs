@@ -848,21 +848,30 @@ async fn replace_member(
     http: Option<String>,
     wait_secs: u64,
 ) -> Result<ExitCode> {
-    let added = call_leader(
-        endpoints,
-        "/v1/members",
-        serde_json::json!({ "action": "add", "peer_addr": address, "http_addr": http }),
-    )
-    .await?;
-    let answer: Value = serde_json::from_slice(&added.body).unwrap_or_default();
-    if !added.status.is_success() {
-        bail!("adding {address} failed: {answer}");
-    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    // Another change may be in flight (the new replica joining by itself,
+    // say): 409 and 503 are retried until the deadline.
+    let answer = loop {
+        let added = call_leader(
+            endpoints,
+            "/v1/members",
+            serde_json::json!({ "action": "add", "peer_addr": address, "http_addr": http }),
+        )
+        .await?;
+        let answer: Value = serde_json::from_slice(&added.body).unwrap_or_default();
+        if added.status.is_success() {
+            break answer;
+        }
+        let retry = matches!(added.status.as_u16(), 409 | 503);
+        if !retry || std::time::Instant::now() > deadline {
+            bail!("adding {address} failed: {answer}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let new = answer["id"]
         .as_u64()
         .ok_or_else(|| anyhow!("the cluster answered without an id: {answer}"))?;
     eprintln!("replica {new} at {address} is a learner; start it (paxlog node --join ...) if it is not running: waiting for it to catch up");
-    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let promoted = call_leader(
             endpoints,
