@@ -184,19 +184,24 @@ got=$(curl -sf -m 5 "$(url "${survivors[1]}")/v1/kv/k0") || fail "GET k0 from re
 [[ $got == *'"overwritten"'* ]] || fail "GET k0 from replica ${survivors[1]} returned $got"
 say "wrote k6..k9 and overwrote k0 through replicas ${survivors[*]} (2 of 3)"
 
+# The converged /db ($1) holds k0 overwritten and k1..k$2 = {"n": i, ...}.
+expect_keys() {
+    python3 - "$1" "$2" <<'PY' || fail "converged /db does not hold the expected keys: $1"
+import json, sys
+d = json.loads(sys.argv[1])["db"]
+assert d["k0"] == "overwritten", d
+for i in range(1, int(sys.argv[2]) + 1):
+    assert d["k%d" % i]["n"] == i, d
+PY
+}
+
 docker start "$cid" >/dev/null || fail "docker start paxlog-$victim failed"
 t=$SECONDS
 wait_for "replica $victim answering after restart" curl -sf -m 2 -o /dev/null "$(url "$victim")/status"
 wait_for "/db identical on all three replicas" converged 0 1 2
 db=$(converged 0 1 2)
 say "all three /db identical $((SECONDS - t))s after restart: $(db_summary "$db")"
-python3 - "$db" <<'PY' || fail "converged /db does not hold the expected keys: $db"
-import json, sys
-d = json.loads(sys.argv[1])["db"]
-assert d["k0"] == "overwritten", d
-for i in range(1, 10):
-    assert d["k%d" % i]["n"] == i, d
-PY
+expect_keys "$db" 9
 
 # --- join: a 4th replica -----------------------------------------------------------
 t=$SECONDS
@@ -215,13 +220,7 @@ t=$SECONDS
 wait_for "/db identical on all four replicas" converged 0 1 2 3
 db=$(converged 0 1 2 3)
 say "all four /db identical $((SECONDS - t))s after the writes: $(db_summary "$db")"
-python3 - "$db" <<'PY' || fail "converged /db does not hold the expected keys: $db"
-import json, sys
-d = json.loads(sys.argv[1])["db"]
-assert d["k0"] == "overwritten", d
-for i in range(1, 13):
-    assert d["k%d" % i]["n"] == i, d
-PY
+expect_keys "$db" 12
 
 # Its volume remembers id 3: a restart must not join again as a 5th member.
 t=$SECONDS

@@ -268,23 +268,6 @@ impl KvCommand {
         }
     }
 
-    /// The key (or statement name) this command writes when it runs, if
-    /// any: what a watch reports for its round.
-    pub fn written_key(&self) -> Option<String> {
-        match self {
-            KvCommand::Exec { source } => {
-                check_statement(source).ok().map(|s| s.name().to_string())
-            }
-            KvCommand::Put { key, .. }
-            | KvCommand::Delete { key }
-            | KvCommand::Cas { key, .. }
-            | KvCommand::PutLeased { key, .. } => Some(key.clone()),
-            KvCommand::RegisterMember { .. }
-            | KvCommand::LeaseGrant { .. }
-            | KvCommand::LeaseRevoke { .. } => None,
-        }
-    }
-
     /// The key this command writes, if it can be known without parsing.
     pub fn key(&self) -> Option<&str> {
         match self {

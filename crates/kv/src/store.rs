@@ -125,11 +125,7 @@ impl Outcome {
     }
 
     fn replay(self) -> ApplyResult {
-        let succeeded = |b: bool| {
-            let mut report = Map::new();
-            report.insert("succeeded".into(), Value::Bool(b));
-            ApplyResult::ok(Some(Value::Object(report)))
-        };
+        let succeeded = |b: bool| ok_report([("succeeded", Value::Bool(b))]);
         match self {
             Outcome::Ok => ApplyResult::ok(None),
             Outcome::CasSucceeded => succeeded(true),
@@ -179,6 +175,8 @@ pub struct KvStore {
     key_lease: HashMap<String, u64>,
     /// The id the next lease gets (ids are never reused).
     next_lease_id: u64,
+    /// The keys the entry being applied changed (not replicated state).
+    changed: Vec<String>,
     /// Moves whenever the address book or the membership may have changed
     /// (not replicated state: a cue for the server to redial its peers).
     book_version: u64,
@@ -227,6 +225,7 @@ impl KvStore {
             leases: BTreeMap::new(),
             key_lease: HashMap::new(),
             next_lease_id: 1,
+            changed: Vec::new(),
             book_version: 0,
             ignore_request_stamps: false,
         }
@@ -354,6 +353,29 @@ impl KvStore {
         self.key_lease.get(key).copied()
     }
 
+    /// The keys the last applied entry changed, in the order it changed
+    /// them (what a watch reports for its round).
+    pub fn changed_keys(&self) -> &[String] {
+        &self.changed
+    }
+
+    /// Sets `key`, off any lease, and notes the change.
+    fn set(&mut self, key: String, value: Value) -> Option<Value> {
+        self.detach(&key);
+        self.changed.push(key.clone());
+        self.db.insert(key, value)
+    }
+
+    /// Removes `key`, off any lease; notes the change if it existed.
+    fn unset(&mut self, key: &str) -> Option<Value> {
+        self.detach(key);
+        let previous = self.db.remove(key);
+        if previous.is_some() {
+            self.changed.push(key.to_string());
+        }
+        previous
+    }
+
     fn detach(&mut self, key: &str) {
         if let Some(lease) = self.key_lease.remove(key) {
             if let Some(l) = self.leases.get_mut(&lease) {
@@ -399,10 +421,7 @@ impl KvStore {
             check_member_addr(http).map_err(invalid)?;
         }
         let report = |id: u32, existed: bool| {
-            let mut report = Map::new();
-            report.insert("id".into(), Value::from(id));
-            report.insert("existed".into(), Value::Bool(existed));
-            ApplyResult::ok(Some(Value::Object(report)))
+            ok_report([("id", Value::from(id)), ("existed", Value::Bool(existed))])
         };
         let live = self
             .addresses
@@ -561,25 +580,7 @@ impl KvStore {
             return expired_output(slot, id);
         }
         let result = match command {
-            Ok(cmd) => {
-                // Any write to a key but a leased put takes it off its lease.
-                let detaches = match &cmd {
-                    KvCommand::PutLeased { .. } => None,
-                    other => other.written_key(),
-                };
-                let result = self.execute_command(cmd).unwrap_or_else(|e| e);
-                let wrote = match &result {
-                    ApplyResult::Ok {
-                        value: Some(Value::Object(report)),
-                    } => report.get("succeeded") != Some(&Value::Bool(false)),
-                    ApplyResult::Ok { .. } => true,
-                    ApplyResult::Error { .. } => false,
-                };
-                if let (Some(key), true) = (detaches, wrote) {
-                    self.detach(&key);
-                }
-                result
-            }
+            Ok(cmd) => self.execute_command(cmd).unwrap_or_else(|e| e),
             Err(e) => failed(e),
         };
         self.sessions.insert(
@@ -613,12 +614,12 @@ impl KvStore {
             KvCommand::Put { key, value_json } => {
                 validate_key(&key).map_err(failed)?;
                 let value = parse_json_value(&value_json).map_err(failed)?;
-                let previous = self.db.insert(key, value);
+                let previous = self.set(key, value);
                 Ok(previous_report(previous))
             }
             KvCommand::Delete { key } => {
                 validate_key(&key).map_err(failed)?;
-                let previous = self.db.remove(&key);
+                let previous = self.unset(&key);
                 Ok(previous_report(previous))
             }
             KvCommand::RegisterMember {
@@ -637,10 +638,10 @@ impl KvStore {
                         keys: Default::default(),
                     },
                 );
-                let mut report = Map::new();
-                report.insert("lease".into(), Value::from(id));
-                report.insert("ttl_ms".into(), Value::from(ttl_ms));
-                Ok(ApplyResult::ok(Some(Value::Object(report))))
+                Ok(ok_report([
+                    ("lease", Value::from(id)),
+                    ("ttl_ms", Value::from(ttl_ms)),
+                ]))
             }
             KvCommand::PutLeased {
                 key,
@@ -652,12 +653,11 @@ impl KvStore {
                 if !self.leases.contains_key(&lease) {
                     return Err(Self::lease_not_found(lease));
                 }
-                self.detach(&key);
+                let previous = self.set(key.clone(), value);
                 if let Some(l) = self.leases.get_mut(&lease) {
                     l.keys.insert(key.clone());
                 }
-                self.key_lease.insert(key.clone(), lease);
-                let previous = self.db.insert(key, value);
+                self.key_lease.insert(key, lease);
                 Ok(previous_report(previous))
             }
             KvCommand::LeaseRevoke { lease } => {
@@ -666,14 +666,11 @@ impl KvStore {
                 };
                 let mut deleted = Vec::new();
                 for key in gone.keys {
-                    self.key_lease.remove(&key);
-                    if self.db.remove(&key).is_some() {
+                    if self.unset(&key).is_some() {
                         deleted.push(Value::from(key));
                     }
                 }
-                let mut report = Map::new();
-                report.insert("deleted".into(), Value::Array(deleted));
-                Ok(ApplyResult::ok(Some(Value::Object(report))))
+                Ok(ok_report([("deleted", Value::Array(deleted))]))
             }
             KvCommand::Cas {
                 key,
@@ -694,15 +691,12 @@ impl KvStore {
                     _ => false,
                 };
                 if succeeded {
-                    self.db.insert(key.clone(), new);
+                    self.set(key.clone(), new);
                 }
-                let mut report = Map::new();
-                report.insert("succeeded".into(), Value::Bool(succeeded));
-                report.insert(
-                    "current".into(),
-                    self.db.get(&key).cloned().unwrap_or(Value::Null),
-                );
-                Ok(ApplyResult::ok(Some(Value::Object(report))))
+                Ok(ok_report([
+                    ("succeeded", Value::Bool(succeeded)),
+                    ("current", self.db.get(&key).cloned().unwrap_or(Value::Null)),
+                ]))
             }
         }
     }
@@ -733,16 +727,16 @@ impl KvStore {
     fn execute_statement(&mut self, stmt: Statement) -> Result<ApplyResult, ApplyResult> {
         match stmt {
             Statement::Assign { name, value } => {
-                self.db.insert(name, value);
+                self.set(name, value);
             }
             Statement::AddAssign { name, value } => {
                 let current = self.db.get(&name).ok_or_else(|| name_error(&name))?;
                 let sum = add(current, &value)?;
                 validate_value(&sum).map_err(failed)?;
-                self.db.insert(name, sum);
+                self.set(name, sum);
             }
             Statement::Delete { name } => {
-                self.db.remove(&name).ok_or_else(|| name_error(&name))?;
+                self.unset(&name).ok_or_else(|| name_error(&name))?;
             }
         }
         Ok(ApplyResult::ok(None))
@@ -788,9 +782,18 @@ fn name_error(name: &str) -> ApplyResult {
 }
 
 fn previous_report(previous: Option<Value>) -> ApplyResult {
-    let mut report = Map::new();
-    report.insert("existed".into(), Value::Bool(previous.is_some()));
-    report.insert("previous".into(), previous.unwrap_or(Value::Null));
+    ok_report([
+        ("existed", Value::Bool(previous.is_some())),
+        ("previous", previous.unwrap_or(Value::Null)),
+    ])
+}
+
+/// A successful command's answer: an object of these fields.
+fn ok_report<const N: usize>(fields: [(&str, Value); N]) -> ApplyResult {
+    let report: Map<String, Value> = fields
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
     ApplyResult::ok(Some(Value::Object(report)))
 }
 
@@ -926,11 +929,11 @@ struct SnapshotInV4 {
 }
 
 impl SnapshotInV4 {
-    fn upgrade(self) -> SnapshotIn {
+    fn upgrade(self) -> SnapshotInV5 {
         // The members of the membership in force were members; earlier
         // ones are unknown, which only matters to ids in the book (none).
         let ever_members = self.membership.as_ref().map_or(0, |m| m.members_mask());
-        SnapshotIn {
+        SnapshotInV5 {
             applied_upto: self.applied_upto,
             expired_upto: self.expired_upto,
             entries: self.entries,
@@ -938,8 +941,6 @@ impl SnapshotInV4 {
             membership: self.membership,
             addresses: Vec::new(),
             ever_members,
-            leases: Vec::new(),
-            next_lease_id: 1,
         }
     }
 }
@@ -954,17 +955,13 @@ struct SnapshotInV3 {
 }
 
 impl SnapshotInV3 {
-    fn upgrade(self) -> SnapshotIn {
-        SnapshotIn {
+    fn upgrade(self) -> SnapshotInV4 {
+        SnapshotInV4 {
             applied_upto: self.applied_upto,
             expired_upto: self.expired_upto,
             entries: self.entries,
             sessions: self.sessions,
             membership: None,
-            addresses: Vec::new(),
-            ever_members: 0,
-            leases: Vec::new(),
-            next_lease_id: 1,
         }
     }
 }
@@ -1001,7 +998,7 @@ impl SnapshotInV2 {
     /// used before the oldest kept record (or before the last applied round,
     /// if none was kept) counts as expired. Every replica restoring the
     /// image derives the same value.
-    fn upgrade(self) -> SnapshotIn {
+    fn upgrade(self) -> SnapshotInV3 {
         let oldest_kept = self.clients.iter().map(|c| c.last_slot).min();
         let last_applied = self.applied_upto.checked_sub(1);
         let expired_upto = match (oldest_kept, last_applied) {
@@ -1009,15 +1006,10 @@ impl SnapshotInV2 {
             (None, Some(last)) => last.checked_sub(1),
             (_, None) => None,
         };
-        SnapshotIn {
+        SnapshotInV3 {
             applied_upto: self.applied_upto,
             expired_upto,
             entries: self.entries,
-            membership: None,
-            addresses: Vec::new(),
-            ever_members: 0,
-            leases: Vec::new(),
-            next_lease_id: 1,
             sessions: self
                 .clients
                 .into_iter()
@@ -1058,6 +1050,7 @@ impl StateMachine for KvStore {
             "KvStore::apply: slots must be applied in order without gaps"
         );
         self.expire_sessions(slot);
+        self.changed.clear();
         let out = match entry {
             // A membership change is the consensus layer's: the store's data
             // and sessions do not change.
@@ -1135,9 +1128,17 @@ impl StateMachine for KvStore {
         let body = match version {
             SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
             SNAPSHOT_VERSION_V5 => decode_body::<SnapshotInV5>(rest)?.upgrade(),
-            SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?.upgrade(),
-            SNAPSHOT_VERSION_V3 => decode_body::<SnapshotInV3>(rest)?.upgrade(),
-            SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?.upgrade(),
+            // Older images step up one version at a time.
+            SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?.upgrade().upgrade(),
+            SNAPSHOT_VERSION_V3 => decode_body::<SnapshotInV3>(rest)?
+                .upgrade()
+                .upgrade()
+                .upgrade(),
+            SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?
+                .upgrade()
+                .upgrade()
+                .upgrade()
+                .upgrade(),
             other => return Err(KvError::SnapshotVersion(other)),
         };
         let applied_upto = Slot(body.applied_upto);

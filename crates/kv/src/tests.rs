@@ -1855,6 +1855,7 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
     // A plain write takes a key off its lease; a delete too.
     lease_cmd(&mut s, 5, &KvCommand::put("b", &json!(2)).unwrap());
     assert_eq!(s.lease_of("b"), None);
+    assert_eq!(s.changed_keys(), ["b"]);
     lease_cmd(&mut s, 6, &KvCommand::delete("c").unwrap());
     // A failed compare-and-set writes nothing and leaves the lease.
     lease_cmd(
@@ -1863,6 +1864,10 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
         &KvCommand::cas("a", Some(&json!(9)), &json!(3)).unwrap(),
     );
     assert_eq!(s.lease_of("a"), Some(1));
+    assert!(
+        s.changed_keys().is_empty(),
+        "a failed compare-and-set changes nothing"
+    );
     // An unknown lease is refused and writes nothing.
     let refused = lease_cmd(&mut s, 8, &put("z", 9));
     assert_eq!(kind(&refused), Some(ErrorKind::LeaseNotFound));
@@ -1878,6 +1883,7 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
         panic!("{revoked:?}")
     };
     assert_eq!(v["deleted"], json!(["a"]));
+    assert_eq!(s.changed_keys(), ["a"]);
     assert!(s.get("a").is_none());
     assert_eq!(s.get("b"), Some(&json!(2)));
     assert!(s.leases().is_empty());

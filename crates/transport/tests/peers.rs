@@ -3,59 +3,28 @@
 //! it, and the listener admits only the current set.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::*;
+
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use paxlog_transport::{Inbound, Transport, TransportConfig, TransportError, TransportHandle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::Receiver;
-
-/// Deadline of every wait: generous, the machine is slow and busy.
-const LONG: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Msg(u64);
 
 type Node = (TransportHandle<Msg>, Receiver<Inbound<Msg>>);
 
-/// Reserves an ephemeral loopback port (bind, read, release).
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+async fn start(c: TransportConfig) -> Node {
+    start_node(c).await
 }
 
 /// `addr` as a host name rather than an IP literal.
 fn named(addr: SocketAddr) -> String {
     format!("localhost:{}", addr.port())
-}
-
-fn config(id: u32, addr: SocketAddr, peers: Vec<(u32, String)>) -> TransportConfig {
-    let mut c = TransportConfig::new(id, "peers-cluster", addr, peers);
-    c.connect_backoff_min = Duration::from_millis(10);
-    c.connect_backoff_max = Duration::from_millis(200);
-    c
-}
-
-async fn start(c: TransportConfig) -> Node {
-    Transport::start::<Msg>(c).await.unwrap()
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn recv(rx: &mut Receiver<Inbound<Msg>>) -> Inbound<Msg> {
-    tokio::time::timeout(LONG, rx.recv())
-        .await
-        .expect("timed out waiting for a message")
-        .expect("inbound channel closed")
 }
 
 fn from(from: u32, seq: u64) -> Inbound<Msg> {
@@ -101,8 +70,8 @@ async fn peer_named_by_host_name_connects_and_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_added_at_runtime_exchange_messages_both_ways() {
     let (a, b) = (free_addr(), free_addr());
-    let (ha, mut rxa) = start(config(1, a, vec![])).await;
-    let (hb, mut rxb) = start(config(2, b, vec![])).await;
+    let (ha, mut rxa) = start(config(1, a, NO_PEERS)).await;
+    let (hb, mut rxb) = start(config(2, b, NO_PEERS)).await;
     assert!(ha.peer_ids().is_empty());
     assert!(!ha.send(2, Msg(0)));
     assert_eq!(ha.stats().dropped_unknown_peer, 1);
@@ -245,7 +214,7 @@ async fn malformed_addresses_are_refused() {
         );
     }
 
-    let (h, _rx) = start(config(1, a, vec![])).await;
+    let (h, _rx) = start(config(1, a, NO_PEERS)).await;
     for bad in [
         "",
         "localhost",
@@ -272,7 +241,7 @@ async fn malformed_addresses_are_refused() {
 async fn unresolvable_name_is_retried_like_any_connect_failure() {
     let (a, b) = (free_addr(), free_addr());
     // `.invalid` never resolves (RFC 6761).
-    let (ha, _rxa) = start(config(1, a, vec![(2, "no-such-peer.invalid:6000".into())])).await;
+    let (ha, _rxa) = start(config(1, a, vec![(2, "no-such-peer.invalid:6000")])).await;
     assert!(ha.send(2, Msg(1)));
     wait_until("the resolution failure reported", || {
         last_error(&ha, 2).contains("cannot resolve no-such-peer.invalid:6000")

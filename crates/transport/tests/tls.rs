@@ -2,12 +2,13 @@
 //! required both ways; anything else never reaches the paxlog handshake.
 #![allow(clippy::unwrap_used)]
 
-use paxlog_transport::{PeerTls, Transport, TransportConfig};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use std::net::SocketAddr;
-use std::time::Duration;
+mod common;
 
-const LONG: Duration = Duration::from_secs(60);
+use common::*;
+
+use paxlog_transport::{PeerTls, Transport};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use std::time::Duration;
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -40,18 +41,6 @@ fn node_tls(signer: &Ca, trusted: &Ca) -> PeerTls {
         "paxlog",
     )
     .unwrap()
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-fn config(id: u32, addr: SocketAddr, peers: Vec<(u32, SocketAddr)>) -> TransportConfig {
-    let mut c = TransportConfig::new(id, "tls-cluster", addr, peers);
-    c.connect_backoff_min = Duration::from_millis(10);
-    c.connect_backoff_max = Duration::from_millis(200);
-    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::*;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,8 +13,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::Receiver;
-
-const LONG: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Msg {
@@ -27,39 +29,8 @@ fn msg(seq: u64) -> Msg {
 
 type Node = (TransportHandle<Msg>, Receiver<Inbound<Msg>>);
 
-/// Reserves an ephemeral loopback port (bind, read, release).
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-fn config(id: u32, addr: SocketAddr, peers: Vec<(u32, SocketAddr)>) -> TransportConfig {
-    let mut c = TransportConfig::new(id, "test-cluster", addr, peers);
-    c.connect_backoff_min = Duration::from_millis(10);
-    c.connect_backoff_max = Duration::from_millis(200);
-    c
-}
-
 async fn start(c: TransportConfig) -> Node {
-    Transport::start::<Msg>(c).await.unwrap()
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn recv(rx: &mut Receiver<Inbound<Msg>>) -> Inbound<Msg> {
-    tokio::time::timeout(LONG, rx.recv())
-        .await
-        .expect("timed out waiting for a message")
-        .expect("inbound channel closed")
+    start_node(c).await
 }
 
 /// Sends, retrying (yielding) while the queue is full.
@@ -226,7 +197,7 @@ async fn oversized_and_garbage_frames_close_connection_node_keeps_serving() {
     let (ha, mut rxa) = start(ca).await;
 
     // Oversized frame header.
-    let (mut s, ack) = raw_handshake(a, "test-cluster", 2, None, false).await;
+    let (mut s, ack) = raw_handshake(a, CLUSTER, 2, None, false).await;
     assert!(ack.accepted, "{ack:?}");
     let mut frame = 1_000_000u32.to_be_bytes().to_vec();
     frame.push(PROTOCOL_VERSION);
@@ -236,7 +207,7 @@ async fn oversized_and_garbage_frames_close_connection_node_keeps_serving() {
     wait_until("oversized counted", || ha.stats().oversized_frames == 1).await;
 
     // Undecodable payload.
-    let (mut s, ack) = raw_handshake(a, "test-cluster", 2, None, false).await;
+    let (mut s, ack) = raw_handshake(a, CLUSTER, 2, None, false).await;
     assert!(ack.accepted);
     s.write_all(&[0, 0, 0, 3, PROTOCOL_VERSION, 0xff, 0xff])
         .await
@@ -245,12 +216,12 @@ async fn oversized_and_garbage_frames_close_connection_node_keeps_serving() {
     wait_until("decode error counted", || ha.stats().decode_errors == 1).await;
 
     // Wrong frame version.
-    let (mut s, _) = raw_handshake(a, "test-cluster", 2, None, false).await;
+    let (mut s, _) = raw_handshake(a, CLUSTER, 2, None, false).await;
     s.write_all(&[0, 0, 0, 2, 99, 0]).await.unwrap();
     assert_closed(&mut s).await;
 
     // A valid raw frame is delivered with the handshake's identity.
-    let (mut s, _) = raw_handshake(a, "test-cluster", 2, None, false).await;
+    let (mut s, _) = raw_handshake(a, CLUSTER, 2, None, false).await;
     let mut buf = Vec::new();
     wire::encode_frame(&msg(42), &mut buf).unwrap();
     s.write_all(&buf).await.unwrap();
@@ -299,11 +270,11 @@ async fn bad_handshakes_are_refused() {
 
     let cases: Vec<(&str, u32, Option<&[u8]>, bool)> = vec![
         ("other-cluster", 2, Some(&secret), false), // wrong cluster
-        ("test-cluster", 9, Some(&secret), false),  // unknown node
-        ("test-cluster", 1, Some(&secret), false),  // own id
-        ("test-cluster", 2, None, false),           // missing proof
-        ("test-cluster", 2, Some(b"wrong"), false), // wrong secret
-        ("test-cluster", 2, Some(&secret), true),   // corrupted proof
+        (CLUSTER, 9, Some(&secret), false),         // unknown node
+        (CLUSTER, 1, Some(&secret), false),         // own id
+        (CLUSTER, 2, None, false),                  // missing proof
+        (CLUSTER, 2, Some(b"wrong"), false),        // wrong secret
+        (CLUSTER, 2, Some(&secret), true),          // corrupted proof
     ];
     for (i, (cluster, id, key, corrupt)) in cases.iter().enumerate() {
         let (mut s, ack) = raw_handshake(a, cluster, *id, *key, *corrupt).await;
@@ -320,7 +291,7 @@ async fn bad_handshakes_are_refused() {
     let hello = Hello {
         magic: *b"NOPE",
         version: PROTOCOL_VERSION,
-        cluster_id: "test-cluster".into(),
+        cluster_id: CLUSTER.into(),
         node_id: 2,
         proof: None,
     };
@@ -422,7 +393,7 @@ async fn invalid_config_is_rejected() {
     let a = free_addr();
     let c = config(1, a, vec![(1, free_addr())]);
     assert!(Transport::start::<Msg>(c).await.is_err());
-    let mut c = config(1, a, vec![]);
+    let mut c = config(1, a, NO_PEERS);
     c.send_queue_capacity = 0;
     assert!(Transport::start::<Msg>(c).await.is_err());
 }

@@ -516,7 +516,7 @@ impl Driver {
     fn apply(&mut self, slot: Slot, entry: &Entry) {
         let output = self.kv.apply(slot, entry);
         self.metrics.commits.inc();
-        self.note_change(slot, entry, &output);
+        self.note_change(slot);
         if let Entry::Config { id, .. } = entry {
             self.membership_applied(slot, *id);
         }

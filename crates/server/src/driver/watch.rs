@@ -141,64 +141,17 @@ fn json_size(value: &Value) -> usize {
 }
 
 impl Driver {
-    /// After `entry` was applied at `slot` with `output`: the change it
-    /// made, if any, goes to the watches.
-    pub(super) fn note_change(&mut self, slot: Slot, entry: &Entry, output: &ApplyOutput) {
-        let Entry::Command { payload, .. } = entry else {
-            return;
-        };
-        if output.duplicate {
-            return;
-        }
-        let ApplyResult::Ok { value } = &output.result else {
-            return;
-        };
-        let Ok(command) = KvCommand::decode(payload) else {
-            return;
-        };
-        if let KvCommand::LeaseRevoke { .. } = &command {
-            let deleted: Vec<String> = value
-                .as_ref()
-                .and_then(|v| v.get("deleted"))
-                .and_then(Value::as_array)
-                .map(|keys| {
-                    keys.iter()
-                        .filter_map(|k| k.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let last = deleted.len().saturating_sub(1);
-            for (i, key) in deleted.into_iter().enumerate() {
-                self.watch.record(WatchEvent {
-                    round: slot.0,
-                    key,
-                    value: None,
-                    last_in_round: i == last,
-                });
-            }
-            return;
-        }
-        let flag = |name: &str| {
-            value
-                .as_ref()
-                .and_then(|v| v.get(name))
-                .and_then(Value::as_bool)
-        };
-        let changed = match &command {
-            KvCommand::Cas { .. } => flag("succeeded") == Some(true),
-            KvCommand::Delete { .. } => flag("existed") == Some(true),
-            _ => true,
-        };
-        if !changed {
-            return;
-        }
-        if let Some(key) = command.written_key() {
-            let value = self.kv.get(&key).cloned();
+    /// After an entry was applied at `slot`: the keys it changed (the
+    /// store notes them as it writes) go to the watches, with their values.
+    pub(super) fn note_change(&mut self, slot: Slot) {
+        let keys = self.kv.changed_keys();
+        let last = keys.len().saturating_sub(1);
+        for (i, key) in keys.iter().enumerate() {
             self.watch.record(WatchEvent {
                 round: slot.0,
-                key,
-                value,
-                last_in_round: true,
+                key: key.clone(),
+                value: self.kv.get(key).cloned(),
+                last_in_round: i == last,
             });
         }
     }
