@@ -304,6 +304,12 @@ struct NodeArgs {
     /// Client HTTP API address.
     #[arg(long, env = "PAXLOG_HTTP")]
     http: Option<SocketAddr>,
+    /// Serve etcd's v3 gRPC API here (etcdctl and etcd's client libraries).
+    #[arg(long, env = "PAXLOG_GRPC")]
+    grpc: Option<SocketAddr>,
+    /// The gRPC address others are told of (default: --grpc).
+    #[arg(long, env = "PAXLOG_ADVERTISE_GRPC")]
+    advertise_grpc: Option<String>,
     /// Every replica's HTTP address, in id order (for the dashboard at /).
     #[arg(long, value_delimiter = ',', env = "PAXLOG_HTTP_PEERS")]
     http_peers: Option<Vec<SocketAddr>>,
@@ -371,6 +377,9 @@ struct ClusterArgs {
     /// Replica i talks to its peers on peer-base-port + i (default: base-port + 1000).
     #[arg(long)]
     peer_base_port: Option<u16>,
+    /// Replica i serves etcd's v3 gRPC API on grpc-base-port + i (0: not at all).
+    #[arg(long, default_value_t = 2379)]
+    grpc_base_port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// Replica i keeps its data in DATA_DIR/node-i.
@@ -987,6 +996,8 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     replace_if_given(&mut cfg.peer_listen, args.peer_listen);
     replace_if_given(&mut cfg.advertise_peer, args.advertise_peer);
     replace_if_given(&mut cfg.advertise_http, args.advertise_http);
+    replace_if_given(&mut cfg.grpc, args.grpc);
+    replace_if_given(&mut cfg.advertise_grpc, args.advertise_grpc);
     if let Some(v) = args.cluster_secret {
         cfg.cluster_secret = Some(v);
     }
@@ -1091,6 +1102,9 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
             cfg.snapshot_every_rounds = every;
         }
         cfg.http_peers = http_peers.clone();
+        if args.grpc_base_port != 0 {
+            cfg.grpc = Some(SocketAddr::new(args.host, port(args.grpc_base_port, i)?));
+        }
         // `paxlog cluster` is the explicit act that bootstraps its folders.
         cfg.initial_cluster_state = Some(InitialClusterState::New);
         if let Some(dir) = &args.tls_dir {
@@ -1118,8 +1132,16 @@ async fn run_cluster(args: ClusterArgs) -> Result<()> {
         args.data_dir.display()
     );
     for i in 0..args.nodes {
+        let grpc = if args.grpc_base_port == 0 {
+            String::new()
+        } else {
+            format!(
+                ", etcd gRPC {}",
+                SocketAddr::new(args.host, port(args.grpc_base_port, i)?)
+            )
+        };
         println!(
-            "  node {i}: http://{}  (peer {})",
+            "  node {i}: http://{}  (peer {}{grpc})",
             SocketAddr::new(args.host, port(args.base_port, i)?),
             peers[i as usize]
         );

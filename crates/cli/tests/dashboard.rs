@@ -136,6 +136,7 @@ fn dashboard_shows_three_replicas_and_a_leader() {
     let log = std::fs::File::create(tmp.path().join("cluster.log")).unwrap();
     let child = Command::new(BIN)
         .args(["cluster", "--nodes", "3", "--base-port", &base.to_string()])
+        .args(["--grpc-base-port", "0"])
         .arg("--data-dir")
         .arg(tmp.path().join("data"))
         .stdout(log.try_clone().unwrap())

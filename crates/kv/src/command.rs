@@ -9,6 +9,7 @@ use std::io;
 use crate::error::KvError;
 use crate::limits::{MAX_DEPTH, MAX_KEY_BYTES, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
 use crate::parser::{parse_statement, Statement};
+use crate::txn::Txn;
 
 /// One replicated command: the meaning of an `Entry::Command` payload.
 ///
@@ -55,6 +56,10 @@ pub enum KvCommand {
     /// Ends `lease` and deletes its keys, in this round on every replica:
     /// asked by a client, or placed by the leader when the lease expired.
     LeaseRevoke { lease: u64 },
+    /// etcd's transaction (also how etcd's plain Put and DeleteRange are
+    /// proposed: a transaction with no compares and one operation).
+    /// (Appended last: payloads encode variants by index.)
+    Txn(Txn),
 }
 
 /// Shortest and longest lease lifetime.
@@ -154,8 +159,12 @@ impl KvCommand {
         })
     }
 
-    /// Checks every limit, as `apply` will; the server should call this on
-    /// commands it did not build with the constructors above.
+    /// An etcd transaction; its shape must be valid (see [`Txn::validate`]).
+    pub fn txn(txn: Txn) -> Result<Self, KvError> {
+        txn.validate()?;
+        Ok(KvCommand::Txn(txn))
+    }
+
     /// Can this command fail depending on the state (`+=` and `del` on a
     /// name that may be missing or of another type)? Such a command is
     /// checked against an up-to-date state before it is proposed.
@@ -170,6 +179,8 @@ impl KvCommand {
         }
     }
 
+    /// Checks every limit, as `apply` will; the server should call this on
+    /// commands it did not build with the constructors above.
     pub fn validate(&self) -> Result<(), KvError> {
         match self {
             KvCommand::Exec { source } => check_statement(source).map(|_| ()),
@@ -208,6 +219,7 @@ impl KvCommand {
                 parse_json_value(value_json).map(|_| ())
             }
             KvCommand::LeaseRevoke { .. } => Ok(()),
+            KvCommand::Txn(txn) => txn.validate(),
         }
     }
 
@@ -232,7 +244,9 @@ impl KvCommand {
     /// * `Put`: `PUT "key" <json>`, e.g. `PUT "user:1" {"name":"ann"}`;
     /// * `Delete`: `DELETE "key"`;
     /// * `Cas`: `CAS "key" <expected json | absent> -> <new json>`, e.g.
-    ///   `CAS "n" 1 -> 2` or `CAS "n" absent -> 0`.
+    ///   `CAS "n" 1 -> 2` or `CAS "n" absent -> 0`;
+    /// * `Txn`: `TXN IF [<compares>] THEN [<ops>] ELSE [<ops>]`, e.g.
+    ///   `TXN IF [version("k") == 0] THEN [PUT "k" 1] ELSE [RANGE "k"]`.
     ///
     /// Keys are rendered as JSON strings (quoted, escaped).
     pub fn describe(&self) -> String {
@@ -256,6 +270,7 @@ impl KvCommand {
                 lease,
             } => format!("PUT {} {value_json} lease {lease:x}", quote(key)),
             KvCommand::LeaseRevoke { lease } => format!("LEASE REVOKE {lease:x}"),
+            KvCommand::Txn(txn) => crate::txn::describe(txn),
             KvCommand::RegisterMember {
                 peer_addr,
                 http_addr,
@@ -274,7 +289,8 @@ impl KvCommand {
             KvCommand::Exec { .. }
             | KvCommand::RegisterMember { .. }
             | KvCommand::LeaseGrant { .. }
-            | KvCommand::LeaseRevoke { .. } => None,
+            | KvCommand::LeaseRevoke { .. }
+            | KvCommand::Txn(_) => None,
             KvCommand::PutLeased { key, .. } => Some(key),
             KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
                 Some(key)

@@ -22,6 +22,14 @@ pub enum KvError {
         size: usize,
         max: usize,
     },
+    /// A list (a transaction's operations or compares) over its length
+    /// limit.
+    #[error("too many {what} ({count}, at most {max})")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
     /// A log entry payload that is not a `KvRequest` or a postcard-encoded
     /// `KvCommand`.
     #[error("undecodable command payload: {0}")]

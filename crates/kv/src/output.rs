@@ -34,7 +34,16 @@ impl ApplyOutput {
 /// * `Put`: `{"existed": bool, "previous": <old value or null>}`;
 /// * `Delete`: `{"existed": bool, "previous": <old value or null>}`;
 /// * `Cas`: `{"succeeded": bool, "current": <value after the command, or null
-///   if absent>}`.
+///   if absent>}`;
+/// * `Txn`: `{"succeeded": bool, "responses": [<one per operation run>]}`,
+///   a response being `{"put": {"prev_kv": KV | null}}`,
+///   `{"delete": {"deleted": n, "prev_kvs": [KV, ...]}}` or
+///   `{"range": {"kvs": [KV, ...], "count": n, "more": bool}}`, and a KV
+///   `{"key": str, "value": <value, or null for keys only>, "create_revision":
+///   n, "mod_revision": n, "version": n, "lease": <id, 0 for none>}`.
+///
+/// A retried request that already ran is answered without the values: `None`,
+/// or `{"succeeded": bool}` for `Cas` and `Txn`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ApplyResult {
@@ -92,4 +101,7 @@ pub enum ErrorKind {
     RequestExpired,
     /// The lease named does not exist (never granted, revoked or expired).
     LeaseNotFound,
+    /// A transaction's put keeps a key's current value or lease, and the
+    /// key does not exist.
+    KeyNotFound,
 }

@@ -13,6 +13,9 @@ use crate::command::{
 use crate::error::KvError;
 use crate::output::{ApplyOutput, ApplyResult, ErrorKind};
 use crate::parser::Statement;
+use crate::range::KeyRange;
+
+mod apply_txn;
 
 /// How many rounds a client session lives without being used. At 30,000
 /// writes/s this is over 30 s, several times a server's request deadline
@@ -25,7 +28,12 @@ pub const DEFAULT_SESSION_EXPIRY_ROUNDS: u64 = 1_000_000;
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 6;
+pub const SNAPSHOT_VERSION: u8 = 7;
+
+/// The image before per-key metadata: entries are (key, value) only.
+/// Still restorable (every key then counts as written once, at the last
+/// applied round).
+const SNAPSHOT_VERSION_V6: u8 = 6;
 
 /// The image before leases: no `leases`, no `next_lease_id`. Still
 /// restorable (no leases then).
@@ -67,6 +75,43 @@ impl Default for KvOptions {
 pub struct Lease {
     pub ttl_ms: u64,
     pub keys: std::collections::BTreeSet<String>,
+}
+
+/// A key's history, as etcd reports it. A revision is the round (slot) of
+/// the log entry that wrote the key plus one: etcd keeps 0 for "no such
+/// key", and a store whose `applied_upto` is `c` is at revision `c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// Where the key was created (last went from absent to present).
+    pub create_revision: u64,
+    /// Where it was last written.
+    pub mod_revision: u64,
+    /// Writes since it was created, that one included: 1 after creation.
+    pub version: u64,
+}
+
+/// A key the entry being applied wrote or deleted, and what it was before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    /// `None`: the key did not exist (it was created).
+    pub previous: Option<PreviousKv>,
+}
+
+/// A key's state before a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviousKv {
+    pub value: Value,
+    pub meta: KeyMeta,
+    /// The lease it was attached to.
+    pub lease: Option<u64>,
+}
+
+/// A key's value and metadata, as the database holds them.
+#[derive(Clone, Debug, PartialEq)]
+struct Record {
+    value: Value,
+    meta: KeyMeta,
 }
 
 /// Where a replica that joined can be reached: its peer-protocol address
@@ -143,7 +188,7 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct KvStore {
     options: KvOptions,
-    db: BTreeMap<String, Value>,
+    db: BTreeMap<String, Record>,
     applied_upto: Slot,
     /// Exactly-once table: client id -> session. (A hash map: it is touched
     /// on every write; snapshots sort it, so they stay deterministic.)
@@ -175,8 +220,9 @@ pub struct KvStore {
     key_lease: HashMap<String, u64>,
     /// The id the next lease gets (ids are never reused).
     next_lease_id: u64,
-    /// The keys the entry being applied changed (not replicated state).
-    changed: Vec<String>,
+    /// The keys the entry being applied changed, with their previous
+    /// state (not replicated state).
+    changed: Vec<Change>,
     /// Moves whenever the address book or the membership may have changed
     /// (not replicated state: a cue for the server to redial its peers).
     book_version: u64,
@@ -237,7 +283,12 @@ impl KvStore {
 
     /// The current value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.db.get(key)
+        self.db.get(key).map(|record| &record.value)
+    }
+
+    /// The metadata of `key`, if it exists.
+    pub fn meta(&self, key: &str) -> Option<KeyMeta> {
+        self.db.get(key).map(|record| record.meta)
     }
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
@@ -246,8 +297,22 @@ impl KvStore {
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, record)| (k.clone(), record.value.clone()))
             .collect()
+    }
+
+    /// The keys in `range` with their values and metadata, in key order.
+    /// (What it yields borrows the store only.)
+    pub fn range<'s, 'r>(
+        &'s self,
+        range: &'r KeyRange,
+    ) -> impl Iterator<Item = (&'s str, &'s Value, KeyMeta)> + use<'s, 'r> {
+        // Every key in a range is >= its start, so the scan starts there and
+        // stops at the first key past it.
+        self.db
+            .range::<str, _>((Bound::Included(range.start()), Bound::Unbounded))
+            .take_while(move |(key, _)| range.contains(key))
+            .map(|(key, record)| (key.as_str(), &record.value, record.meta))
     }
 
     /// The whole database as a JSON object with sorted keys: the seed's `db`.
@@ -255,7 +320,7 @@ impl KvStore {
         Value::Object(
             self.db
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, record)| (k.clone(), record.value.clone()))
                 .collect::<Map<String, Value>>(),
         )
     }
@@ -353,35 +418,87 @@ impl KvStore {
         self.key_lease.get(key).copied()
     }
 
-    /// The keys the last applied entry changed, in the order it changed
-    /// them (what a watch reports for its round).
-    pub fn changed_keys(&self) -> &[String] {
+    /// The keys the last applied entry wrote or deleted, in the order it
+    /// changed them, with their previous state (what a watch reports for
+    /// its round).
+    pub fn changes(&self) -> &[Change] {
         &self.changed
     }
 
-    /// Sets `key`, off any lease, and notes the change.
-    fn set(&mut self, key: String, value: Value) -> Option<Value> {
-        self.detach(&key);
-        self.changed.push(key.clone());
-        self.db.insert(key, value)
+    /// The revision of the entry being applied: its round plus one (so 0
+    /// never names a write, as in etcd, where it means "no such key").
+    /// `apply` asserts that it applies slot `applied_upto` and moves
+    /// `applied_upto` past it only after the entry ran.
+    fn applying(&self) -> u64 {
+        self.applied_upto.0 + 1
     }
 
-    /// Removes `key`, off any lease; notes the change if it existed.
-    fn unset(&mut self, key: &str) -> Option<Value> {
-        self.detach(key);
-        let previous = self.db.remove(key);
-        if previous.is_some() {
-            self.changed.push(key.to_string());
-        }
+    /// Sets `key`, off any lease, updates its metadata and notes the
+    /// change. Returns the previous state.
+    fn set(&mut self, key: String, value: Value) -> Option<PreviousKv> {
+        let lease = self.detach(&key);
+        let revision = self.applying();
+        let meta = match self.db.get(&key) {
+            Some(old) => KeyMeta {
+                create_revision: old.meta.create_revision,
+                mod_revision: revision,
+                version: old.meta.version.saturating_add(1),
+            },
+            None => KeyMeta {
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+        };
+        let previous = self
+            .db
+            .insert(key.clone(), Record { value, meta })
+            .map(|old| PreviousKv {
+                value: old.value,
+                meta: old.meta,
+                lease,
+            });
+        self.changed.push(Change {
+            key,
+            previous: previous.clone(),
+        });
         previous
     }
 
-    fn detach(&mut self, key: &str) {
-        if let Some(lease) = self.key_lease.remove(key) {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.remove(key);
-            }
+    /// Sets `key` and attaches it to `lease`, which must exist.
+    fn set_leased(&mut self, key: String, value: Value, lease: u64) -> Option<PreviousKv> {
+        let previous = self.set(key.clone(), value);
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.keys.insert(key.clone());
         }
+        self.key_lease.insert(key, lease);
+        previous
+    }
+
+    /// Removes `key` (with its metadata), off any lease; notes the change
+    /// if it existed. Returns the previous state.
+    fn unset(&mut self, key: &str) -> Option<PreviousKv> {
+        let lease = self.detach(key);
+        let old = self.db.remove(key)?;
+        let previous = PreviousKv {
+            value: old.value,
+            meta: old.meta,
+            lease,
+        };
+        self.changed.push(Change {
+            key: key.to_owned(),
+            previous: Some(previous.clone()),
+        });
+        Some(previous)
+    }
+
+    /// Takes `key` off its lease; returns the lease it was on.
+    fn detach(&mut self, key: &str) -> Option<u64> {
+        let lease = self.key_lease.remove(key)?;
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.keys.remove(key);
+        }
+        Some(lease)
     }
 
     fn lease_not_found(lease: u64) -> ApplyResult {
@@ -615,12 +732,12 @@ impl KvStore {
                 validate_key(&key).map_err(failed)?;
                 let value = parse_json_value(&value_json).map_err(failed)?;
                 let previous = self.set(key, value);
-                Ok(previous_report(previous))
+                Ok(previous_report(previous.map(|p| p.value)))
             }
             KvCommand::Delete { key } => {
                 validate_key(&key).map_err(failed)?;
                 let previous = self.unset(&key);
-                Ok(previous_report(previous))
+                Ok(previous_report(previous.map(|p| p.value)))
             }
             KvCommand::RegisterMember {
                 peer_addr,
@@ -653,12 +770,8 @@ impl KvStore {
                 if !self.leases.contains_key(&lease) {
                     return Err(Self::lease_not_found(lease));
                 }
-                let previous = self.set(key.clone(), value);
-                if let Some(l) = self.leases.get_mut(&lease) {
-                    l.keys.insert(key.clone());
-                }
-                self.key_lease.insert(key, lease);
-                Ok(previous_report(previous))
+                let previous = self.set_leased(key, value, lease);
+                Ok(previous_report(previous.map(|p| p.value)))
             }
             KvCommand::LeaseRevoke { lease } => {
                 let Some(gone) = self.leases.remove(&lease) else {
@@ -672,6 +785,7 @@ impl KvStore {
                 }
                 Ok(ok_report([("deleted", Value::Array(deleted))]))
             }
+            KvCommand::Txn(txn) => self.execute_txn(txn),
             KvCommand::Cas {
                 key,
                 expected_json,
@@ -684,7 +798,7 @@ impl KvStore {
                     .transpose()
                     .map_err(failed)?;
                 let new = parse_json_value(&new_json).map_err(failed)?;
-                let current = self.db.get(&key);
+                let current = self.get(&key);
                 let succeeded = match (&expected, current) {
                     (None, None) => true,
                     (Some(e), Some(c)) => e == c,
@@ -695,7 +809,7 @@ impl KvStore {
                 }
                 Ok(ok_report([
                     ("succeeded", Value::Bool(succeeded)),
-                    ("current", self.db.get(&key).cloned().unwrap_or(Value::Null)),
+                    ("current", self.get(&key).cloned().unwrap_or(Value::Null)),
                 ]))
             }
         }
@@ -710,13 +824,13 @@ impl KvStore {
             KvCommand::Exec { source } => match check_statement(source).map_err(failed)? {
                 Statement::Assign { .. } => Ok(()),
                 Statement::AddAssign { name, value } => {
-                    let current = self.db.get(&name).ok_or_else(|| name_error(&name))?;
+                    let current = self.get(&name).ok_or_else(|| name_error(&name))?;
                     let sum = add(current, &value)?;
                     validate_value(&sum).map_err(failed)?;
                     Ok(())
                 }
                 Statement::Delete { name } => {
-                    self.db.get(&name).ok_or_else(|| name_error(&name))?;
+                    self.get(&name).ok_or_else(|| name_error(&name))?;
                     Ok(())
                 }
             },
@@ -730,7 +844,7 @@ impl KvStore {
                 self.set(name, value);
             }
             Statement::AddAssign { name, value } => {
-                let current = self.db.get(&name).ok_or_else(|| name_error(&name))?;
+                let current = self.get(&name).ok_or_else(|| name_error(&name))?;
                 let sum = add(current, &value)?;
                 validate_value(&sum).map_err(failed)?;
                 self.set(name, sum);
@@ -748,7 +862,7 @@ fn failed(e: KvError) -> ApplyResult {
         KvError::Parse(_) => ErrorKind::SyntaxError,
         KvError::InvalidKey(_) => ErrorKind::InvalidKey,
         KvError::InvalidValue(_) => ErrorKind::InvalidValue,
-        KvError::TooLarge { .. } => ErrorKind::TooLarge,
+        KvError::TooLarge { .. } | KvError::TooMany { .. } => ErrorKind::TooLarge,
         KvError::Decode(_) | KvError::SnapshotVersion(_) | KvError::CorruptSnapshot(_) => {
             ErrorKind::BadPayload
         }
@@ -868,7 +982,7 @@ fn add(lhs: &Value, rhs: &Value) -> Result<Value, ApplyResult> {
 struct SnapshotOut<'a> {
     applied_upto: u64,
     expired_upto: Option<u64>,
-    entries: Vec<(&'a str, String)>,
+    entries: Vec<(&'a str, String, KeyMeta)>,
     sessions: Vec<SnapshotSession>,
     membership: Option<&'a Membership>,
     addresses: Vec<(u32, &'a MemberAddress)>,
@@ -881,6 +995,20 @@ struct SnapshotOut<'a> {
 struct SnapshotIn {
     applied_upto: u64,
     expired_upto: Option<u64>,
+    entries: Vec<(String, String, KeyMeta)>,
+    sessions: Vec<SnapshotSession>,
+    membership: Option<Membership>,
+    addresses: Vec<(u32, MemberAddress)>,
+    ever_members: u64,
+    leases: Vec<(u64, Lease)>,
+    next_lease_id: u64,
+}
+
+/// A version 6 image: as version 7 without the keys' metadata.
+#[derive(Deserialize)]
+struct SnapshotInV6 {
+    applied_upto: u64,
+    expired_upto: Option<u64>,
     entries: Vec<(String, String)>,
     sessions: Vec<SnapshotSession>,
     membership: Option<Membership>,
@@ -888,6 +1016,34 @@ struct SnapshotIn {
     ever_members: u64,
     leases: Vec<(u64, Lease)>,
     next_lease_id: u64,
+}
+
+impl SnapshotInV6 {
+    /// The history is unknown: every key counts as created by the last
+    /// applied round (revision `applied_upto`), the latest it can have been
+    /// written (a round not yet applied is a later write's).
+    fn upgrade(self) -> SnapshotIn {
+        let meta = KeyMeta {
+            create_revision: self.applied_upto,
+            mod_revision: self.applied_upto,
+            version: 1,
+        };
+        SnapshotIn {
+            applied_upto: self.applied_upto,
+            expired_upto: self.expired_upto,
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(key, value)| (key, value, meta))
+                .collect(),
+            sessions: self.sessions,
+            membership: self.membership,
+            addresses: self.addresses,
+            ever_members: self.ever_members,
+            leases: self.leases,
+            next_lease_id: self.next_lease_id,
+        }
+    }
 }
 
 /// A version 5 image: as version 6 without the leases.
@@ -903,8 +1059,8 @@ struct SnapshotInV5 {
 }
 
 impl SnapshotInV5 {
-    fn upgrade(self) -> SnapshotIn {
-        SnapshotIn {
+    fn upgrade(self) -> SnapshotInV6 {
+        SnapshotInV6 {
             applied_upto: self.applied_upto,
             expired_upto: self.expired_upto,
             entries: self.entries,
@@ -1082,9 +1238,11 @@ impl StateMachine for KvStore {
     }
 
     /// `[SNAPSHOT_VERSION]` followed by postcard of: applied_upto,
-    /// expired_upto, the db entries in key order as (key, compact JSON text),
-    /// and the sessions in client-id order as (client_id, last_seq,
-    /// last_slot, last_used_slot, outcome).
+    /// expired_upto, the db entries in key order as (key, compact JSON text,
+    /// (create_revision, mod_revision, version)), the sessions in client-id order
+    /// as (client_id, last_seq, last_slot, last_used_slot, outcome), the
+    /// membership, the address book, ever_members, the leases and
+    /// next_lease_id.
     fn snapshot(&self) -> Vec<u8> {
         let body = SnapshotOut {
             applied_upto: self.applied_upto.0,
@@ -1092,7 +1250,7 @@ impl StateMachine for KvStore {
             entries: self
                 .db
                 .iter()
-                .map(|(k, v)| (k.as_str(), v.to_string()))
+                .map(|(k, record)| (k.as_str(), record.value.to_string(), record.meta))
                 .collect(),
             sessions: {
                 let mut sessions: Vec<SnapshotSession> = self
@@ -1127,14 +1285,20 @@ impl StateMachine for KvStore {
         let (&version, rest) = image.split_first().ok_or_else(|| corrupt("empty image"))?;
         let body = match version {
             SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
-            SNAPSHOT_VERSION_V5 => decode_body::<SnapshotInV5>(rest)?.upgrade(),
+            SNAPSHOT_VERSION_V6 => decode_body::<SnapshotInV6>(rest)?.upgrade(),
             // Older images step up one version at a time.
-            SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?.upgrade().upgrade(),
+            SNAPSHOT_VERSION_V5 => decode_body::<SnapshotInV5>(rest)?.upgrade().upgrade(),
+            SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?
+                .upgrade()
+                .upgrade()
+                .upgrade(),
             SNAPSHOT_VERSION_V3 => decode_body::<SnapshotInV3>(rest)?
+                .upgrade()
                 .upgrade()
                 .upgrade()
                 .upgrade(),
             SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?
+                .upgrade()
                 .upgrade()
                 .upgrade()
                 .upgrade()
@@ -1151,7 +1315,7 @@ impl StateMachine for KvStore {
         }
 
         let mut db = BTreeMap::new();
-        for (key, text) in body.entries {
+        for (key, text, meta) in body.entries {
             validate_key(&key).map_err(|e| corrupt(e.to_string()))?;
             if db
                 .last_key_value()
@@ -1161,9 +1325,20 @@ impl StateMachine for KvStore {
                     "db entries are not in strictly increasing key order",
                 ));
             }
+            // Written once at least, created no later than last written,
+            // and both at rounds already applied (revision = round + 1).
+            if meta.version == 0
+                || meta.create_revision == 0
+                || meta.create_revision > meta.mod_revision
+                || meta.mod_revision > applied_upto.0
+            {
+                return Err(corrupt(format!(
+                    "key {key:?}: impossible history {meta:?} with applied_upto {applied_upto}"
+                )));
+            }
             let value =
                 parse_json_value(&text).map_err(|e| corrupt(format!("key {key:?}: {e}")))?;
-            db.insert(key, value);
+            db.insert(key, Record { value, meta });
         }
 
         let mut sessions = HashMap::with_capacity(body.sessions.len());

@@ -6,6 +6,8 @@ use paxlog_core::{Entry, RequestId, Slot, StateMachine};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+mod etcd;
+
 fn stmt(s: &str) -> Statement {
     parse_statement(s).unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
 }
@@ -1241,7 +1243,7 @@ fn restore_rejects_inconsistent_sessions() {
     struct Image {
         applied_upto: u64,
         expired_upto: Option<u64>,
-        entries: Vec<(String, String)>,
+        entries: Vec<(String, String, (u64, u64, u64))>,
         sessions: Vec<(u64, u64, u64, u64, Outcome)>,
         membership: Option<(u64, u64, u64)>,
         addresses: Vec<(u32, (String, Option<String>))>,
@@ -1323,6 +1325,47 @@ fn arb_statement() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Transactions over keys a-d, some refused (a key written twice).
+fn arb_txn() -> impl Strategy<Value = Txn> {
+    let range = prop_oneof![
+        "[a-d]".prop_map(KeyRange::One),
+        "[a-d]?".prop_map(|p| KeyRange::prefix(&p)),
+    ];
+    let op = prop_oneof![
+        ("[a-d]", 0i64..3, any::<bool>()).prop_map(|(key, v, prev_kv)| TxnOp::Put {
+            key,
+            value_json: v.to_string(),
+            lease: None,
+            ignore_value: false,
+            ignore_lease: false,
+            prev_kv,
+        }),
+        (range.clone(), any::<bool>())
+            .prop_map(|(range, prev_kv)| TxnOp::Delete { range, prev_kv }),
+        (range.clone(), 0u64..3).prop_map(|(range, limit)| TxnOp::Range {
+            range,
+            limit,
+            keys_only: false,
+            count_only: false,
+        }),
+    ];
+    let compare = (range, 0i64..3).prop_map(|(range, n)| Compare {
+        range,
+        target: CompareTarget::Version(n),
+        op: CompareOp::Less,
+    });
+    (
+        proptest::collection::vec(compare, 0..2),
+        proptest::collection::vec(op.clone(), 0..3),
+        proptest::collection::vec(op, 0..3),
+    )
+        .prop_map(|(compares, success, failure)| Txn {
+            compares,
+            success,
+            failure,
+        })
+}
+
 fn arb_entry() -> impl Strategy<Value = Entry> {
     let cmd = prop_oneof![
         arb_statement().prop_map(|source| KvCommand::Exec { source }),
@@ -1331,6 +1374,7 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
         ("[a-d]", proptest::option::of(0i64..3), 0i64..3).prop_map(|(k, e, n)| {
             KvCommand::cas(k, e.map(Value::from).as_ref(), &Value::from(n)).unwrap()
         }),
+        arb_txn().prop_map(KvCommand::Txn),
     ];
     prop_oneof![
         1 => Just(Entry::Noop),
@@ -1830,6 +1874,10 @@ fn a_version_4_image_restores_with_an_empty_address_book() {
     assert!(after.is_retired(3));
 }
 
+fn changed_keys(store: &KvStore) -> Vec<&str> {
+    store.changes().iter().map(|c| c.key.as_str()).collect()
+}
+
 fn lease_cmd(store: &mut KvStore, client_id: u64, cmd: &KvCommand) -> ApplyOutput {
     let entry = fresh(store, client_id, 1, cmd);
     run(store, &entry)
@@ -1855,7 +1903,7 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
     // A plain write takes a key off its lease; a delete too.
     lease_cmd(&mut s, 5, &KvCommand::put("b", &json!(2)).unwrap());
     assert_eq!(s.lease_of("b"), None);
-    assert_eq!(s.changed_keys(), ["b"]);
+    assert_eq!(changed_keys(&s), ["b"]);
     lease_cmd(&mut s, 6, &KvCommand::delete("c").unwrap());
     // A failed compare-and-set writes nothing and leaves the lease.
     lease_cmd(
@@ -1865,7 +1913,7 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
     );
     assert_eq!(s.lease_of("a"), Some(1));
     assert!(
-        s.changed_keys().is_empty(),
+        s.changes().is_empty(),
         "a failed compare-and-set changes nothing"
     );
     // An unknown lease is refused and writes nothing.
@@ -1883,7 +1931,15 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
         panic!("{revoked:?}")
     };
     assert_eq!(v["deleted"], json!(["a"]));
-    assert_eq!(s.changed_keys(), ["a"]);
+    assert_eq!(changed_keys(&s), ["a"]);
+    assert_eq!(
+        s.changes()[0]
+            .previous
+            .as_ref()
+            .map(|p| (&p.value, p.lease)),
+        Some((&json!(1), Some(1))),
+        "a revoked key's change carries its value and lease"
+    );
     assert!(s.get("a").is_none());
     assert_eq!(s.get("b"), Some(&json!(2)));
     assert!(s.leases().is_empty());

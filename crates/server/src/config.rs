@@ -33,6 +33,12 @@ pub struct NodeConfig {
     pub joined: Option<paxlog_storage::JoinedCluster>,
     /// The client HTTP API address.
     pub http: SocketAddr,
+    /// Where etcd's v3 gRPC API is served (`None`: not served).
+    #[serde(default)]
+    pub grpc: Option<SocketAddr>,
+    /// The gRPC address other replicas tell clients of (default: `grpc`).
+    #[serde(default)]
+    pub advertise_grpc: Option<String>,
     pub data_dir: PathBuf,
     #[serde(default = "defaults::cluster_id")]
     pub cluster_id: String,
@@ -177,6 +183,16 @@ impl NodeConfig {
         }
     }
 
+    /// The gRPC address other replicas and clients are told of, if this
+    /// replica serves gRPC at an address they can use.
+    pub fn own_grpc_addr(&self) -> Option<String> {
+        match (&self.advertise_grpc, self.grpc) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(addr)) if !addr.ip().is_unspecified() => Some(addr.to_string()),
+            _ => None,
+        }
+    }
+
     /// Where the peer listener binds (see `peer_listen`).
     pub fn peer_listen_addr(&self) -> Result<SocketAddr, ServerError> {
         if let Some(addr) = self.peer_listen {
@@ -207,6 +223,8 @@ impl NodeConfig {
             advertise_http: None,
             joined: None,
             http,
+            grpc: None,
+            advertise_grpc: None,
             data_dir,
             cluster_id: defaults::cluster_id(),
             tick_ms: defaults::tick_ms(),

@@ -6,6 +6,7 @@ mod auth;
 pub mod config;
 pub mod driver;
 mod error;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 mod tls;
@@ -121,6 +122,15 @@ pub async fn run_node(
         )?),
         None => None,
     };
+    let grpc_tls = match &tls_pem {
+        Some((cert, key, ca)) => Some(tls::HttpTls::with_alpn(
+            cert,
+            key,
+            cfg.tls_client_auth.then_some(ca.as_slice()),
+            b"h2",
+        )?),
+        None => None,
+    };
     let (transport, inbound) = Transport::start::<Wire>(transport_cfg).await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http)
@@ -129,6 +139,14 @@ pub async fn run_node(
             addr: cfg.http,
             source,
         })?;
+    let grpc_listener = match cfg.grpc {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::HttpBind { addr, source })?,
+        ),
+        None => None,
+    };
 
     // The driver takes client requests from this channel, and peer messages
     // straight from the transport's (no task in between).
@@ -166,6 +184,7 @@ pub async fn run_node(
         http::NodeInfo {
             id: cfg.id,
             http: cfg.http,
+            tls: tls_pem.is_some(),
             http_peers: cfg.http_peers.clone(),
             ready_max_lag_rounds: cfg.ready_max_lag_rounds,
             cluster_id: cfg.cluster_id.clone(),
@@ -177,6 +196,10 @@ pub async fn run_node(
         read_write: cfg.write_token.clone(),
         read_only: cfg.read_token.clone(),
     });
+    let grpc_app = grpc::router(
+        grpc::EtcdApi::new(state.clone(), cfg.write_token.clone()),
+        tokens.clone(),
+    );
     let mut app = http::router(state, cfg.max_body_bytes);
     if tokens.enabled() {
         app = app.layer(axum::middleware::from_fn_with_state(
@@ -186,6 +209,13 @@ pub async fn run_node(
     }
     tracing::info!(node = node_id, http = %cfg.http, peer = cfg.own_peer_addr().unwrap_or("?"), "serving");
 
+    let (stop_grpc_tx, stop_grpc) = oneshot::channel::<()>();
+    if let Some(grpc_listener) = grpc_listener {
+        tracing::info!(node = node_id, grpc = ?cfg.grpc, "serving etcd's v3 API");
+        tokio::spawn(tls::serve(grpc_listener, grpc_app, grpc_tls, async move {
+            let _ = stop_grpc.await;
+        }));
+    }
     let (stop_http_tx, stop_http) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let stop = async move {
@@ -193,7 +223,7 @@ pub async fn run_node(
         };
         match http_tls {
             Some(tls) => {
-                tls::serve(listener, app, tls, stop).await;
+                tls::serve(listener, app, Some(tls), stop).await;
                 Ok(())
             }
             None => {
@@ -215,6 +245,7 @@ pub async fn run_node(
     };
     // Stop taking requests, then stop the driver (it answers what waits).
     let _ = stop_http_tx.send(());
+    let _ = stop_grpc_tx.send(());
     let _ = driver_tx.send(DriverInput::Shutdown).await;
     drop(driver_tx);
     if outcome.is_ok() {

@@ -92,6 +92,8 @@ pub struct Published {
     write_micros: AtomicU64,
     /// Recovering forgotten state (not voting).
     recovering: AtomicBool,
+    /// The count of the highest ballot promised (the etcd API's term).
+    term: AtomicU64,
 }
 
 /// A copy of [`Published`] at one moment.
@@ -106,6 +108,7 @@ pub struct Snapshot {
     pub known_chosen_round: u64,
     pub writes: u64,
     pub write_latency_sum_ms: f64,
+    pub term: u64,
 }
 
 impl Published {
@@ -136,6 +139,10 @@ impl Published {
         self.chosen.store(chosen, Ordering::Relaxed);
         self.known_chosen
             .store(known_chosen.max(chosen), Ordering::Relaxed);
+    }
+
+    pub fn set_term(&self, term: u64) {
+        self.term.store(term, Ordering::Relaxed);
     }
 
     pub fn set_recovering(&self, recovering: bool) {
@@ -170,6 +177,7 @@ impl Published {
             known_chosen_round: self.known_chosen.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             write_latency_sum_ms: self.write_micros.load(Ordering::Relaxed) as f64 / 1000.0,
+            term: self.term.load(Ordering::Relaxed),
         }
     }
 
@@ -439,6 +447,7 @@ mod tests {
             known_chosen_round: known,
             writes: 0,
             write_latency_sum_ms: 0.0,
+            term: 0,
         }
     }
 

@@ -33,6 +33,17 @@ impl HttpTls {
         key_pem: &[u8],
         client_ca_pem: Option<&[u8]>,
     ) -> Result<HttpTls, ServerError> {
+        Self::with_alpn(cert_chain_pem, key_pem, client_ca_pem, b"http/1.1")
+    }
+
+    /// The same for a server that speaks `alpn` (`h2` for gRPC, which
+    /// clients require to be negotiated).
+    pub fn with_alpn(
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+        alpn: &[u8],
+    ) -> Result<HttpTls, ServerError> {
         let provider = Arc::new(default_provider());
         let certs = certificates_from_pem(cert_chain_pem)?;
         let key = private_key_from_pem(key_pem)?;
@@ -56,19 +67,20 @@ impl HttpTls {
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| tls_error("certificate and key", e))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(HttpTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
     }
 }
 
-/// Serves `app` over TLS until `shutdown` resolves. A failed handshake only
-/// drops that connection.
+/// Serves `app` over TLS (or plain TCP when `tls` is `None`; HTTP/1.1 or
+/// HTTP/2, as the client speaks) until `shutdown` resolves. A failed
+/// handshake only drops that connection.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: HttpTls,
+    tls: Option<HttpTls>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -79,30 +91,35 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "HTTPS accept failed");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let acceptor = tls.acceptor.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
         let app = app.clone();
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
-                    return;
-                }
-            };
             let service = TowerToHyperService::new(app);
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let served = match acceptor {
+                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }

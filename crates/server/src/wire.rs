@@ -27,5 +27,7 @@ pub enum Wire {
     /// can then point a client, or a replica that joins, at its leader.
     ClientAddress {
         http_addr: String,
+        /// Its etcd gRPC API, if it serves one.
+        grpc_addr: Option<String>,
     },
 }

@@ -32,7 +32,8 @@ use crate::TransportError;
 /// replica of version 1 is refused at the handshake, not misread.
 /// 3: the server's messages gained `ClientAddress` (replicas announce where
 /// they serve clients).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 4: `ClientAddress` gained the etcd gRPC address.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"PXLG";
 /// Size of the frame length prefix.

@@ -277,6 +277,8 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
     pub peer_ports: Vec<u16>,
     pub http_ports: Vec<u16>,
+    /// Where each replica serves etcd's gRPC API.
+    pub grpc_ports: Vec<u16>,
     pub extra_args: Vec<String>,
     nodes: Vec<Option<Child>>,
     /// The replicas listed in `--peers`; the ones after them join.
@@ -286,11 +288,12 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster of `n` replicas, none started yet.
     pub fn new(n: usize, extra_args: &[&str]) -> Cluster {
-        let ports = free_ports(2 * n);
+        let ports = free_ports(3 * n);
         Cluster {
             root: tempfile::tempdir().unwrap(),
             peer_ports: ports[..n].to_vec(),
-            http_ports: ports[n..].to_vec(),
+            http_ports: ports[n..2 * n].to_vec(),
+            grpc_ports: ports[2 * n..].to_vec(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             nodes: (0..n).map(|_| None).collect(),
             bootstrap: n,
@@ -301,9 +304,10 @@ impl Cluster {
     /// `joiner_command`). Returns its slot in this harness (not its id,
     /// which the cluster gives).
     pub fn add_slot(&mut self) -> usize {
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         self.peer_ports.push(ports[0]);
         self.http_ports.push(ports[1]);
+        self.grpc_ports.push(ports[2]);
         self.nodes.push(None);
         self.http_ports.len() - 1
     }
@@ -319,6 +323,7 @@ impl Cluster {
                 &format!("localhost:{}", self.peer_ports[i]),
             ])
             .args(["--http", &format!("127.0.0.1:{}", self.http_ports[i])])
+            .args(["--grpc", &format!("127.0.0.1:{}", self.grpc_ports[i])])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(extra);
@@ -384,6 +389,7 @@ impl Cluster {
             .arg(self.peers_arg())
             .arg("--http")
             .arg(format!("127.0.0.1:{}", self.http_ports[i]))
+            .args(["--grpc", &format!("127.0.0.1:{}", self.grpc_ports[i])])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(["--initial-cluster-state", initial_cluster_state])

@@ -36,7 +36,7 @@ pub enum DriverError {
 }
 
 impl DriverError {
-    pub(super) fn unavailable(message: impl Into<String>) -> DriverError {
+    pub(crate) fn unavailable(message: impl Into<String>) -> DriverError {
         DriverError::Unavailable {
             message: message.into(),
             current_round: None,
@@ -85,6 +85,8 @@ pub struct MembersReport {
     pub leader: Option<u32>,
     /// Where each known replica can be reached (this one included).
     pub addresses: BTreeMap<u32, paxlog_kv::MemberAddress>,
+    /// Where each replica serves etcd's gRPC API, as far as known.
+    pub grpc_addresses: BTreeMap<u32, String>,
 }
 
 pub struct WriteRequest {
@@ -134,6 +136,13 @@ pub enum Query {
         action: LeaseAction,
         reply: Reply<LeaseInfo>,
     },
+    /// Runs `run` on this replica's state once the read's consistency is
+    /// met (or with the reason it cannot be): front ends with their own
+    /// data shapes (the etcd API) read through it. It runs on the driver's
+    /// thread, so it must be quick and send its answer without waiting.
+    Inspect {
+        run: Inspector,
+    },
     /// Chosen entries from `from` (default: the last `limit` chosen rounds).
     Log {
         from: Option<u64>,
@@ -147,7 +156,11 @@ impl Query {
     pub(super) fn reads_state(&self) -> bool {
         matches!(
             self,
-            Query::Get { .. } | Query::Scan { .. } | Query::Db { .. } | Query::Lease { .. }
+            Query::Get { .. }
+                | Query::Scan { .. }
+                | Query::Db { .. }
+                | Query::Lease { .. }
+                | Query::Inspect { .. }
         )
     }
 
@@ -161,9 +174,22 @@ impl Query {
             Query::Status { reply } => drop(reply.send(Err(error))),
             Query::Log { reply, .. } => drop(reply.send(Err(error))),
             Query::Lease { reply, .. } => drop(reply.send(Err(error))),
+            Query::Inspect { run } => run(Err(error)),
         }
     }
 }
+
+/// What a [`Query::Inspect`] sees.
+pub struct StoreView<'a> {
+    pub kv: &'a KvStore,
+    /// The changes kept for watches (and reads at past revisions).
+    pub history: &'a mut WatchHub,
+    /// The highest ballot this replica promised: its count is the etcd
+    /// API's term.
+    pub promised: Ballot,
+}
+
+pub type Inspector = Box<dyn FnOnce(Result<StoreView<'_>, DriverError>) + Send>;
 
 pub struct ReadRequest {
     pub query: Query,

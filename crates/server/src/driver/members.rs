@@ -79,6 +79,12 @@ impl Driver {
             learners: membership.learner_ids().map(|n| n.0).collect(),
             leader: self.replica.leader().map(|n| n.0),
             addresses: peer_addresses(&self.cfg, &self.kv, &self.heard_http),
+            grpc_addresses: self
+                .heard_grpc
+                .iter()
+                .map(|(id, a)| (*id, a.clone()))
+                .chain(self.cfg.own_grpc_addr().map(|a| (self.cfg.id, a)))
+                .collect(),
         }
     }
 

@@ -18,8 +18,8 @@ use crate::metrics::{gauge_value, Metrics};
 use crate::wire::Wire;
 use bytes::Bytes;
 use paxlog_core::{
-    DropReason, Entry, Event, Message, NodeId, Proposal, ProposeError, Replica, RequestId, Role,
-    Slot, StateMachine, StatusReport,
+    Ballot, DropReason, Entry, Event, Message, NodeId, Proposal, ProposeError, Replica, RequestId,
+    Role, Slot, StateMachine, StatusReport,
 };
 use paxlog_kv::{ApplyOutput, ApplyResult, ErrorKind, KvCommand, KvRequest, KvStore};
 use paxlog_transport::{Inbound, PeerStatus};
@@ -52,7 +52,7 @@ use observe::{AliveGuard, CatchUp};
 use reads::describe_entry;
 use snapshots::IncomingSnapshot;
 use test_hooks::TestHooks;
-pub use watch::{WatchEvent, WatchRequest, MAX_WATCHERS, WATCH_HISTORY_EVENTS};
+pub use watch::{WatchEvent, WatchHub, WatchRequest, MAX_WATCHERS, WATCH_HISTORY_EVENTS};
 
 /// Inputs taken per turn before the batch is persisted.
 const MAX_INPUTS_PER_TURN: usize = 4096;
@@ -133,6 +133,8 @@ pub struct Driver {
     lease_clock: leases::LeaseClock,
     /// Client addresses peers announced (`Wire::ClientAddress`).
     heard_http: BTreeMap<u32, String>,
+    /// gRPC addresses peers announced with theirs.
+    heard_grpc: BTreeMap<u32, String>,
     /// Slow publishes until this replica announces its client address.
     announce_countdown: u32,
     /// Consensus time, counted from the monotonic clock: ticks delivered.
@@ -209,6 +211,7 @@ impl Driver {
             dialed,
             book_version_dialed,
             heard_http: BTreeMap::new(),
+            heard_grpc: BTreeMap::new(),
             watch: watch::WatchHub::new(kv.applied_upto().0),
             lease_clock: Default::default(),
             announce_countdown: 0,
@@ -570,11 +573,18 @@ impl Driver {
             } => self.on_snapshot_chunk(
                 from, log_start, offset, data, total_len, total_crc, chunk_crc,
             )?,
-            Wire::ClientAddress { http_addr } => {
+            Wire::ClientAddress {
+                http_addr,
+                grpc_addr,
+            } => {
                 if paxlog_kv::check_member_addr(&http_addr).is_ok()
                     && from <= paxlog_core::MAX_NODE_ID
                 {
                     self.heard_http.insert(from, http_addr);
+                    match grpc_addr.filter(|a| paxlog_kv::check_member_addr(a).is_ok()) {
+                        Some(grpc) => self.heard_grpc.insert(from, grpc),
+                        None => self.heard_grpc.remove(&from),
+                    };
                 }
             }
             Wire::SnapshotUnavailable => {

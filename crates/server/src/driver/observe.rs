@@ -44,6 +44,7 @@ impl Driver {
         let known_chosen = chosen.max(self.heard_chosen);
         m.published
             .set_state(role, leader.map(|l| l.0), applied, chosen, known_chosen);
+        m.published.set_term(self.replica.promised().counter);
         self.track_catch_up(applied, known_chosen, leader);
         let now = self.clock.now();
         if now < self.next_slow_publish {
@@ -69,12 +70,14 @@ impl Driver {
         if http_addr.starts_with("0.0.0.0:") || http_addr.starts_with("[::]:") {
             return;
         }
+        let grpc_addr = self.cfg.own_grpc_addr();
         let peers: Vec<u32> = self.dialed.keys().copied().collect();
         for peer in peers {
             self.transport.send(
                 peer,
                 Wire::ClientAddress {
                     http_addr: http_addr.clone(),
+                    grpc_addr: grpc_addr.clone(),
                 },
             );
         }

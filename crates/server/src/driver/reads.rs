@@ -111,6 +111,11 @@ impl Driver {
             Query::Status { reply } => drop(reply.send(Ok(Box::new(self.status())))),
             Query::Log { from, limit, reply } => drop(reply.send(Ok(self.log_page(from, limit)))),
             Query::Lease { action, reply } => drop(reply.send(self.lease_request(action))),
+            Query::Inspect { run } => run(Ok(StoreView {
+                kv: &self.kv,
+                history: &mut self.watch,
+                promised: self.replica.promised(),
+            })),
         }
     }
 

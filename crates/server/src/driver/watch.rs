@@ -1,11 +1,15 @@
-//! Watches: a client follows the changes to the keys under a prefix, round
-//! by round, from a round it names or from now. One command runs per round,
-//! so a round changes at most one key, and the round is the event's id: a
-//! client that lost its connection (or its replica) asks again from the
-//! round after the last it saw, at any replica, and misses nothing and gets
-//! nothing twice, as long as that round is still in the replica's history.
+//! Watches: a client follows the changes to the keys in a range (a
+//! prefix, for the HTTP API), round by round, from a round it names or from
+//! now. One command runs per round; it may change several keys (a revoked
+//! lease, an etcd txn), each at most once, all sent together. The round is
+//! the events' id: a client that lost its connection (or its replica) asks
+//! again from the round after the last it saw, at any replica, and misses
+//! nothing and gets nothing twice, as long as that round is still in the
+//! replica's history. The history also serves etcd reads at past
+//! revisions (each event keeps the key's previous state).
 
 use super::*;
+use paxlog_kv::{KeyMeta, KeyRange, PreviousKv};
 
 /// Events kept for resuming watches, at most (and at most
 /// `WATCH_HISTORY_BYTES` of keys and values).
@@ -23,6 +27,15 @@ pub struct WatchEvent {
     pub round: u64,
     pub key: String,
     pub value: Option<Value>,
+    /// The key's revisions and version after the change (`None`: deleted).
+    #[serde(skip)]
+    pub meta: Option<KeyMeta>,
+    /// The lease the key is attached to after the change.
+    #[serde(skip)]
+    pub lease: Option<u64>,
+    /// The key as it was before (`None`: it did not exist).
+    #[serde(skip)]
+    pub previous: Option<PreviousKv>,
     /// The last change of its round (a revoked lease deletes several keys
     /// in one round): a client resumes after the round once it saw this.
     #[serde(skip)]
@@ -30,18 +43,18 @@ pub struct WatchEvent {
 }
 
 pub struct WatchRequest {
-    pub prefix: String,
+    pub range: KeyRange,
     /// The first round to report; `None`: from the next round applied.
     pub from_round: Option<u64>,
     pub reply: Reply<mpsc::Receiver<WatchEvent>>,
 }
 
 struct Watcher {
-    prefix: String,
+    range: KeyRange,
     tx: mpsc::Sender<WatchEvent>,
 }
 
-pub(super) struct WatchHub {
+pub struct WatchHub {
     history: VecDeque<(WatchEvent, usize)>,
     history_bytes: usize,
     /// Every change at a round from here on is in `history`.
@@ -62,8 +75,10 @@ impl WatchHub {
     /// A change was applied: kept, and sent to the watches it matches.
     pub(super) fn record(&mut self, event: WatchEvent) {
         self.watchers
-            .retain(|w| !event.key.starts_with(&w.prefix) || w.tx.try_send(event.clone()).is_ok());
-        let bytes = event.key.len() + event.value.as_ref().map_or(0, json_size);
+            .retain(|w| !w.range.contains(&event.key) || w.tx.try_send(event.clone()).is_ok());
+        let bytes = event.key.len()
+            + event.value.as_ref().map_or(0, json_size)
+            + event.previous.as_ref().map_or(0, |p| json_size(&p.value));
         self.history.push_back((event, bytes));
         self.history_bytes += bytes;
         while self.history.len() > WATCH_HISTORY_EVENTS || self.history_bytes > WATCH_HISTORY_BYTES
@@ -86,9 +101,30 @@ impl WatchHub {
         self.watchers.clear();
     }
 
+    /// The first round whose changes are all kept.
+    pub fn first_kept_round(&self) -> u64 {
+        self.history_from
+    }
+
+    /// The kept changes at `round` and after, oldest first.
+    pub fn events_from(&self, round: u64) -> impl DoubleEndedIterator<Item = &WatchEvent> {
+        let start = self.history.partition_point(|(e, _)| e.round < round);
+        self.history.range(start..).map(|(e, _)| e)
+    }
+
+    /// Forgets the changes before `round` (etcd's compaction).
+    pub fn compact(&mut self, round: u64) {
+        while self.history.front().is_some_and(|(e, _)| e.round < round) {
+            if let Some((_, bytes)) = self.history.pop_front() {
+                self.history_bytes -= bytes;
+            }
+        }
+        self.history_from = self.history_from.max(round);
+    }
+
     pub(super) fn subscribe(
         &mut self,
-        prefix: String,
+        range: KeyRange,
         from_round: Option<u64>,
         applied_round: u64,
     ) -> Result<mpsc::Receiver<WatchEvent>, DriverError> {
@@ -107,7 +143,7 @@ impl WatchHub {
             .history
             .iter()
             .map(|(e, _)| e)
-            .filter(|e| e.round >= from && e.key.starts_with(&prefix))
+            .filter(|e| e.round >= from && range.contains(&e.key))
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel(replay.len() + WATCH_QUEUE_EVENTS);
@@ -115,7 +151,7 @@ impl WatchHub {
             // Room for all of them was made above.
             let _ = tx.try_send(event);
         }
-        self.watchers.push(Watcher { prefix, tx });
+        self.watchers.push(Watcher { range, tx });
         Ok(rx)
     }
 
@@ -144,13 +180,17 @@ impl Driver {
     /// After an entry was applied at `slot`: the keys it changed (the
     /// store notes them as it writes) go to the watches, with their values.
     pub(super) fn note_change(&mut self, slot: Slot) {
-        let keys = self.kv.changed_keys();
-        let last = keys.len().saturating_sub(1);
-        for (i, key) in keys.iter().enumerate() {
+        let changes = self.kv.changes();
+        let last = changes.len().saturating_sub(1);
+        for (i, change) in changes.iter().enumerate() {
+            let value = self.kv.get(&change.key).cloned();
             self.watch.record(WatchEvent {
                 round: slot.0,
-                key: key.clone(),
-                value: self.kv.get(key).cloned(),
+                key: change.key.clone(),
+                meta: value.as_ref().and_then(|_| self.kv.meta(&change.key)),
+                lease: value.as_ref().and_then(|_| self.kv.lease_of(&change.key)),
+                value,
+                previous: change.previous.clone(),
                 last_in_round: i == last,
             });
         }
@@ -160,7 +200,7 @@ impl Driver {
         let applied = self.kv.applied_upto().0;
         let answer = self
             .watch
-            .subscribe(request.prefix, request.from_round, applied);
+            .subscribe(request.range, request.from_round, applied);
         self.metrics.watchers.set(self.watch.watcher_count() as i64);
         let _ = request.reply.send(answer);
     }
@@ -176,6 +216,9 @@ mod tests {
             round,
             key: key.to_string(),
             value: Some(Value::from(round)),
+            meta: None,
+            lease: None,
+            previous: None,
             last_in_round: true,
         }
     }
@@ -194,13 +237,13 @@ mod tests {
         for r in 0..6 {
             hub.record(event(r, if r % 2 == 0 { "a/x" } else { "b/x" }));
         }
-        let mut rx = hub.subscribe("a/".into(), Some(2), 6).unwrap();
+        let mut rx = hub.subscribe(KeyRange::prefix("a/"), Some(2), 6).unwrap();
         assert_eq!(drain(&mut rx), vec![2, 4]);
         hub.record(event(6, "a/y"));
         hub.record(event(7, "b/y"));
         assert_eq!(drain(&mut rx), vec![6]);
         // From now: nothing replayed.
-        let mut now = hub.subscribe(String::new(), None, 8).unwrap();
+        let mut now = hub.subscribe(KeyRange::prefix(""), None, 8).unwrap();
         assert!(drain(&mut now).is_empty());
     }
 
@@ -208,32 +251,34 @@ mod tests {
     fn rounds_dropped_from_the_history_are_gone_and_a_snapshot_restarts_it() {
         let mut hub = WatchHub::new(10);
         assert!(matches!(
-            hub.subscribe(String::new(), Some(9), 10),
+            hub.subscribe(KeyRange::prefix(""), Some(9), 10),
             Err(DriverError::Gone(_))
         ));
         for r in 10..(10 + WATCH_HISTORY_EVENTS as u64 + 5) {
             hub.record(event(r, "k"));
         }
         assert!(matches!(
-            hub.subscribe(String::new(), Some(14), 0),
+            hub.subscribe(KeyRange::prefix(""), Some(14), 0),
             Err(DriverError::Gone(_))
         ));
-        let mut rx = hub.subscribe(String::new(), Some(15), 0).unwrap();
+        let mut rx = hub.subscribe(KeyRange::prefix(""), Some(15), 0).unwrap();
         assert_eq!(drain(&mut rx).len(), WATCH_HISTORY_EVENTS);
         // A snapshot from a peer: the open watch ends, the history restarts.
         hub.reset(500_000);
         assert!(rx.try_recv().is_err() && rx.is_closed());
         assert!(matches!(
-            hub.subscribe(String::new(), Some(499_999), 0),
+            hub.subscribe(KeyRange::prefix(""), Some(499_999), 0),
             Err(DriverError::Gone(_))
         ));
-        assert!(hub.subscribe(String::new(), Some(500_000), 0).is_ok());
+        assert!(hub
+            .subscribe(KeyRange::prefix(""), Some(500_000), 0)
+            .is_ok());
     }
 
     #[test]
     fn a_watch_that_falls_behind_is_closed_and_the_history_has_a_byte_bound() {
         let mut hub = WatchHub::new(0);
-        let mut slow = hub.subscribe(String::new(), None, 0).unwrap();
+        let mut slow = hub.subscribe(KeyRange::prefix(""), None, 0).unwrap();
         for r in 0..(WATCH_QUEUE_EVENTS as u64 + 1) {
             hub.record(event(r, "k"));
         }
@@ -246,6 +291,9 @@ mod tests {
                 round: r,
                 key: "big".into(),
                 value: Some(Value::from(big.clone())),
+                meta: None,
+                lease: None,
+                previous: None,
                 last_in_round: true,
             });
         }

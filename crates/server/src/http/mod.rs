@@ -70,6 +70,8 @@ struct Inner {
 pub struct NodeInfo {
     pub id: u32,
     pub http: SocketAddr,
+    /// Whether clients reach this replica over TLS.
+    pub tls: bool,
     /// Every replica's HTTP address in id order; empty when unknown.
     pub http_peers: Vec<SocketAddr>,
     /// `/ready` bound: rounds the applied round may trail the chosen one.
@@ -103,7 +105,7 @@ impl AppState {
         }
     }
 
-    fn fresh_request_id(&self) -> RequestId {
+    pub(crate) fn fresh_request_id(&self) -> RequestId {
         let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
         RequestId {
             client_id: self
@@ -314,6 +316,40 @@ impl AppState {
             Ok(Err(error)) => Err(error.into_response()),
             Err(_) => Err(error_response(503, "the replica stopped before answering")),
         }
+    }
+
+    /// [`AppState::ask`] for other front ends (the etcd gRPC API): the
+    /// driver's own error, whatever went wrong.
+    pub(crate) async fn call<T>(
+        &self,
+        input: DriverInput,
+        answer: oneshot::Receiver<Result<T, DriverError>>,
+    ) -> Result<T, DriverError> {
+        match self.inner.driver.try_send(input) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(DriverError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(DriverError::unavailable("the replica is shutting down"))
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(DriverError::unavailable(
+                "the replica stopped before answering",
+            ))
+        })
+    }
+
+    /// When a request given to the driver now times out.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.request_timeout
+    }
+
+    pub(crate) fn node(&self) -> &NodeInfo {
+        &self.inner.node
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     async fn submit(&self, input: DriverInput) -> Result<(), Response> {

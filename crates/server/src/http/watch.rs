@@ -46,7 +46,7 @@ pub(super) async fn watch(
         let from_round = resume.or(params.from_round);
         let (reply, answer) = oneshot::channel();
         let input = DriverInput::Watch(WatchRequest {
-            prefix: params.prefix,
+            range: paxlog_kv::KeyRange::prefix(&params.prefix),
             from_round,
             reply,
         });
