@@ -15,6 +15,8 @@ pub struct Cluster {
     pub n: usize,
     bin: PathBuf,
     pub http: Vec<SocketAddr>,
+    /// Where each replica serves etcd's gRPC API.
+    pub grpc: Vec<SocketAddr>,
     peer: Vec<SocketAddr>,
     pub net: Net,
     data_root: PathBuf,
@@ -108,9 +110,10 @@ impl Cluster {
         root: &Path,
         extra_args: Vec<String>,
     ) -> Result<Cluster> {
-        let addrs = free_addrs(2 * n)?;
+        let addrs = free_addrs(3 * n)?;
         let peer = addrs[..n].to_vec();
-        let http = addrs[n..].to_vec();
+        let http = addrs[n..2 * n].to_vec();
+        let grpc = addrs[2 * n..].to_vec();
         let net = Net::start(&peer).await?;
         let data_root = root.join("data");
         let log_root = root.join("logs");
@@ -122,6 +125,7 @@ impl Cluster {
             n,
             bin,
             http,
+            grpc,
             peer,
             net,
             data_root,
@@ -190,6 +194,8 @@ impl Cluster {
             .arg(self.peers_arg(i))
             .arg("--http")
             .arg(self.http[i].to_string())
+            .arg("--grpc")
+            .arg(self.grpc[i].to_string())
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .arg("--initial-cluster-state")

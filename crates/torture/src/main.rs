@@ -4,6 +4,7 @@
 
 mod checker;
 mod cluster;
+mod etcd;
 mod history;
 mod http;
 mod nemesis;
@@ -71,6 +72,12 @@ enum Anomaly {
     LocalReads,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ApiArg {
+    Http,
+    Etcd,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "paxlog-torture",
@@ -94,6 +101,9 @@ struct Args {
     out: PathBuf,
     #[arg(long, default_value_t = 10)]
     clients: usize,
+    /// The API the clients use: paxlog's HTTP API, or etcd's v3 gRPC API.
+    #[arg(long, value_enum, default_value = "http")]
+    api: ApiArg,
     /// Concurrent key slots.
     #[arg(long, default_value_t = 5)]
     keys: usize,
@@ -249,8 +259,13 @@ async fn run(args: Args) -> Result<ExitCode> {
     say("cluster up, leader elected");
 
     let t0 = Instant::now();
+    let api = match args.api {
+        ApiArg::Http => workload::Api::Http,
+        ApiArg::Etcd => workload::Api::Etcd(etcd::channels(&cluster.grpc)?),
+    };
     let running = workload::start(workload::Workload {
         nodes: cluster.http.clone(),
+        api,
         clients: args.clients,
         keys: args.keys,
         ops_per_key: args.ops_per_key,
@@ -340,7 +355,12 @@ async fn run(args: Args) -> Result<ExitCode> {
             let at = t0.elapsed().as_secs_f64() * 1e3;
             for key in keys {
                 let v = &db["db"][&key];
-                let read = v.as_u64();
+                // Over etcd's API values are bytes: the store keeps the
+                // decimal text as a JSON string.
+                let read = match args.api {
+                    ApiArg::Http => v.as_u64(),
+                    ApiArg::Etcd => v.as_str().and_then(|s| s.parse().ok()),
+                };
                 if !v.is_null() && read.is_none() {
                     failures.push(format!("key {key} holds a value the clients never wrote: {v}"));
                     continue;
