@@ -2,7 +2,9 @@
 # Side-by-side benchmark: a 3-member etcd cluster and a 3-replica paxlog
 # cluster on loopback, both with fsync on, driven in turn by the same
 # closed-loop generator (`paxlog bench`). Prints one table with the
-# paxlog/etcd ratio per row.
+# paxlog/etcd ratio per row. The HTTP rows compare paxlog's HTTP API with
+# etcd's JSON gateway; the gRPC rows drive both through etcd's own v3 gRPC
+# API with the same client.
 #
 #   bench/compare-etcd.sh           # about 10 s per workload (a few minutes)
 #   bench/compare-etcd.sh --quick   # about 2 s per workload (under a minute)
@@ -56,12 +58,19 @@ workloads=(
   "64 clients, linearizable reads|--clients 64 --workload read --read-consistency linearizable"
   "64 clients, 90% reads / 10% writes|--clients 64 --workload mixed:0.9"
   "64 clients, writes, 256-byte values|--clients 64 --workload write --value-size 256"
+  "gRPC: 1 client, puts|--protocol grpc --clients 1 --workload write"
+  "gRPC: 64 clients, puts|--protocol grpc --clients 64 --workload write"
+  "gRPC: 64 clients, linearizable ranges|--protocol grpc --clients 64 --workload read --read-consistency linearizable"
+  "gRPC: 64 clients, serializable ranges|--protocol grpc --clients 64 --workload read --read-consistency local"
+  "gRPC: 64 clients, txn (compare version, put)|--protocol grpc --clients 64 --workload txn"
+  "gRPC: watch fan-out, 100 watchers, 8 writers (events/s)|--protocol grpc --clients 8 --workload watch --watchers 100"
 )
 
-run_workloads() { # target endpoints outfile
-  local target=$1 endpoints=$2 out=$3
+run_workloads() { # target http-endpoints grpc-endpoints outfile
+  local target=$1 http_endpoints=$2 grpc_endpoints=$3 out=$4
   for w in "${workloads[@]}"; do
-    local name=${w%%|*} flags=${w#*|}
+    local name=${w%%|*} flags=${w#*|} endpoints=$http_endpoints
+    if [[ $flags == *"--protocol grpc"* ]]; then endpoints=$grpc_endpoints; fi
     # shellcheck disable=SC2086
     "$paxlog" bench --target "$target" --endpoints "$endpoints" $flags \
       --duration "$duration" --warmup "$warmup" --json |
@@ -85,7 +94,8 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do wait_for "http://127.0.0.1:$((23790 + i))/health"; done
 etcd_endpoints="http://127.0.0.1:23790,http://127.0.0.1:23791,http://127.0.0.1:23792"
-run_workloads etcd "$etcd_endpoints" "$work/etcd.jsonl"
+# etcd serves gRPC and its JSON gateway on the same client port.
+run_workloads etcd "$etcd_endpoints" "$etcd_endpoints" "$work/etcd.jsonl"
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
@@ -94,12 +104,13 @@ echo "== paxlog: 3 replicas on loopback"
 peers="127.0.0.1:26000,127.0.0.1:26001,127.0.0.1:26002"
 for i in 0 1 2; do
   RUST_LOG=warn "$paxlog" node --initial-cluster-state new --id "$i" --peers "$peers" --http "127.0.0.1:$((25000 + i))" \
-    --data-dir "$work/paxlog$i" >"$work/paxlog$i.log" 2>&1 &
+    --grpc "127.0.0.1:$((27000 + i))" --data-dir "$work/paxlog$i" >"$work/paxlog$i.log" 2>&1 &
   pids+=($!)
 done
 for i in 0 1 2; do wait_for "http://127.0.0.1:$((25000 + i))/status"; done
 paxlog_endpoints="http://127.0.0.1:25000,http://127.0.0.1:25001,http://127.0.0.1:25002"
-run_workloads paxlog "$paxlog_endpoints" "$work/paxlog.jsonl"
+paxlog_grpc="127.0.0.1:27000,127.0.0.1:27001,127.0.0.1:27002"
+run_workloads paxlog "$paxlog_endpoints" "$paxlog_grpc" "$work/paxlog.jsonl"
 peak_rss_mb=0
 for pid in "${pids[@]}"; do
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)

@@ -1,8 +1,10 @@
-//! `paxlog bench`: a closed-loop load generator over HTTP/1.1 keep-alive.
-//! Each client owns one connection and sends its next request as soon as
-//! the previous one answered. It drives paxlog's key-value API or etcd's v3
-//! JSON gateway, so the same generator measures both.
+//! `paxlog bench`: a closed-loop load generator. Each client owns one
+//! connection and sends its next request as soon as the previous one
+//! answered. Over HTTP/1.1 it drives paxlog's key-value API or etcd's v3
+//! JSON gateway; over gRPC (`--protocol grpc`, see `bench_grpc`) it speaks
+//! etcd's v3 API to either, so the same client measures both.
 
+use crate::bench_grpc;
 use crate::client::{self, HttpClient};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -19,23 +21,31 @@ pub struct BenchArgs {
     /// Concurrent clients (one connection each).
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// http: paxlog's HTTP API or etcd's JSON gateway (--target);
+    /// grpc: etcd's v3 gRPC API, which both serve.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
+    /// With --workload watch: watches that follow the written keys.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
     /// Seconds of measurement (after warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// write, read, or mixed:R with R the read fraction (e.g. mixed:0.9).
+    /// write, read, or mixed:R with R the read fraction (e.g. mixed:0.9);
+    /// with --protocol grpc also txn and watch.
     #[arg(long, default_value = "write")]
     workload: String,
     #[arg(long, value_enum, default_value_t = BenchConsistency::Linearizable)]
     read_consistency: BenchConsistency,
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
-    value_size: usize,
+    pub(crate) value_size: usize,
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
-    keys: u64,
+    pub(crate) keys: u64,
     #[arg(long, value_enum, default_value_t = Target::Paxlog)]
     target: Target,
     /// Endpoints; client i uses endpoint i mod n.
@@ -44,10 +54,16 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "http://127.0.0.1:5000,http://127.0.0.1:5001,http://127.0.0.1:5002"
     )]
-    endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Grpc,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -90,6 +106,13 @@ struct Workload {
 }
 
 fn parse_workload(text: &str) -> Result<Workload> {
+    Ok(Workload {
+        read_fraction: read_fraction(text)?,
+    })
+}
+
+/// The share of reads a workload name asks for.
+pub(crate) fn read_fraction(text: &str) -> Result<f64> {
     let read_fraction = match text {
         "write" => 0.0,
         "read" => 1.0,
@@ -106,7 +129,7 @@ fn parse_workload(text: &str) -> Result<Workload> {
             None => bail!("unknown workload '{other}': use write, read, or mixed:R"),
         },
     };
-    Ok(Workload { read_fraction })
+    Ok(read_fraction)
 }
 
 fn base64(data: &[u8]) -> String {
@@ -181,27 +204,22 @@ impl Generator {
 }
 
 /// A tiny per-client PRNG (xorshift): the generator needs no crypto.
-struct Xorshift(u64);
+pub(crate) struct Xorshift(pub(crate) u64);
 
 impl Xorshift {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
-struct ClientResult {
-    histogram: Histogram<u64>,
-    ops: u64,
-    errors: u64,
-    first_error: Option<String>,
-}
+use crate::bench_grpc::Counts as ClientResult;
 
 async fn run_client(
     generator: Arc<Generator>,
@@ -267,25 +285,60 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.value_size > 60_000 {
         bail!("--value-size must be at most 60000 bytes");
     }
-    let workload = Arc::new(parse_workload(&args.workload)?);
-    let generator = Arc::new(Generator {
-        value: "x".repeat(args.value_size),
-        args: args.clone(),
-    });
-    if workload.read_fraction > 0.0 {
-        preload(&generator).await?;
-    }
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(args.clients);
-    for index in 0..args.clients {
-        tasks.push(tokio::spawn(run_client(
-            generator.clone(),
-            index,
-            workload.clone(),
-            measuring.clone(),
-            stop.clone(),
-        )));
+    let mut watchers = None;
+    if args.protocol == Protocol::Grpc {
+        let shared = Arc::new(args.clone());
+        let watch = args.workload == "watch";
+        let (read_fraction, txn) = if watch {
+            (0.0, false)
+        } else {
+            bench_grpc::kv_workload(&args.workload)?
+        };
+        if read_fraction > 0.0 || txn {
+            bench_grpc::preload(&args).await?;
+        }
+        if watch {
+            if !(1..=10_000).contains(&args.watchers) {
+                bail!("--watchers must be 1..=10000");
+            }
+            watchers = Some(
+                bench_grpc::start_watchers(&args, args.watchers, measuring.clone(), stop.clone())
+                    .await?,
+            );
+        }
+        let serializable = args.read_consistency == BenchConsistency::Local;
+        for index in 0..args.clients {
+            tasks.push(tokio::spawn(bench_grpc::run_client(
+                shared.clone(),
+                index,
+                read_fraction,
+                txn,
+                serializable,
+                measuring.clone(),
+                stop.clone(),
+            )));
+        }
+    } else {
+        let workload = Arc::new(parse_workload(&args.workload)?);
+        let generator = Arc::new(Generator {
+            value: "x".repeat(args.value_size),
+            args: args.clone(),
+        });
+        if workload.read_fraction > 0.0 {
+            preload(&generator).await?;
+        }
+        for index in 0..args.clients {
+            tasks.push(tokio::spawn(run_client(
+                generator.clone(),
+                index,
+                workload.clone(),
+                measuring.clone(),
+                stop.clone(),
+            )));
+        }
     }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
@@ -304,6 +357,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         if first_error.is_none() {
             first_error = result.first_error;
         }
+    }
+    // Watch fan-out: the rate is the events the watchers received.
+    if let Some((delivered, watch_tasks)) = watchers {
+        for task in watch_tasks {
+            if let Err(e) = task.await.context("a watch task failed")? {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+        ops = delivered.load(Ordering::Relaxed);
     }
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let summary = Summary {

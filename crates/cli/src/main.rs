@@ -2,6 +2,7 @@
 //! inspect a data folder, and measure.
 
 mod bench;
+mod bench_grpc;
 mod certs;
 mod client;
 mod join;

@@ -63,7 +63,7 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    pub(super) fn new(applied_round: u64) -> WatchHub {
+    pub(crate) fn new(applied_round: u64) -> WatchHub {
         WatchHub {
             history: VecDeque::new(),
             history_bytes: 0,
@@ -73,7 +73,7 @@ impl WatchHub {
     }
 
     /// A change was applied: kept, and sent to the watches it matches.
-    pub(super) fn record(&mut self, event: WatchEvent) {
+    pub(crate) fn record(&mut self, event: WatchEvent) {
         self.watchers
             .retain(|w| !w.range.contains(&event.key) || w.tx.try_send(event.clone()).is_ok());
         let bytes = event.key.len()

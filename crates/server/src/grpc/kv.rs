@@ -498,3 +498,161 @@ fn too_many_keys() -> Status {
         "paxlog: a range returns at most {MAX_RANGE_KEYS} keys at once; ask with a limit and continue from the last key"
     ))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::driver::{WatchEvent, WatchHub};
+    use paxlog_core::{Entry, RequestId};
+    use paxlog_kv::{KvRequest, KvStore};
+
+    /// Applies `command` as the next round and records its changes as the
+    /// driver does.
+    fn apply(kv: &mut KvStore, hub: &mut WatchHub, command: KvCommand) {
+        let slot = kv.applied_upto();
+        let entry = Entry::Command {
+            id: RequestId {
+                client_id: 1000 + slot.0,
+                seq: 1,
+            },
+            payload: KvRequest::new(slot, command).encode(),
+        };
+        kv.apply(slot, &entry);
+        let changes = kv.changes().to_vec();
+        for (i, change) in changes.iter().enumerate() {
+            let value = kv.get(&change.key).cloned();
+            hub.record(WatchEvent {
+                round: slot.0,
+                key: change.key.clone(),
+                meta: value.as_ref().and_then(|_| kv.meta(&change.key)),
+                lease: None,
+                value,
+                previous: change.previous.clone(),
+                last_in_round: i + 1 == changes.len(),
+            });
+        }
+    }
+
+    fn put(key: &str, value: &str) -> KvCommand {
+        KvCommand::put(key, &Value::from(value)).unwrap()
+    }
+
+    fn range_all(kv: &KvStore, hub: &mut WatchHub, revision: i64) -> Result<Vec<String>, Status> {
+        let view = StoreView {
+            kv,
+            history: hub,
+            promised: paxlog_core::Ballot::ZERO,
+        };
+        let request = pb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision,
+            ..Default::default()
+        };
+        let range = key_range(&request.key, &request.range_end)?;
+        let (_, kvs, _, _) = range_at(&view, &range, &request)?;
+        Ok(kvs
+            .iter()
+            .map(|kv| {
+                format!(
+                    "{}={}@{}v{}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value),
+                    kv.mod_revision,
+                    kv.version
+                )
+            })
+            .collect())
+    }
+
+    #[test]
+    fn a_range_at_a_past_revision_sees_the_store_as_it_was_then() {
+        let mut kv = KvStore::default();
+        let mut hub = WatchHub::new(0);
+        apply(&mut kv, &mut hub, put("a", "1")); // revision 1
+        apply(&mut kv, &mut hub, put("a", "2")); // 2
+        apply(&mut kv, &mut hub, put("b", "1")); // 3
+        apply(&mut kv, &mut hub, KvCommand::delete("a").unwrap()); // 4
+        apply(&mut kv, &mut hub, put("c", "1")); // 5
+        let expected: [&[&str]; 5] = [
+            &["a=1@1v1"],
+            &["a=2@2v2"],
+            &["a=2@2v2", "b=1@3v1"],
+            &["b=1@3v1"],
+            &["b=1@3v1", "c=1@5v1"],
+        ];
+        for (revision, want) in (1..).zip(expected) {
+            assert_eq!(
+                range_all(&kv, &mut hub, revision).unwrap(),
+                want,
+                "at {revision}"
+            );
+        }
+        // Now (0) is the last revision; a later one is refused.
+        assert_eq!(range_all(&kv, &mut hub, 0).unwrap(), ["b=1@3v1", "c=1@5v1"]);
+        let future = range_all(&kv, &mut hub, 6).unwrap_err();
+        assert_eq!(future.code(), Code::OutOfRange);
+        assert!(future.message().contains("future revision"));
+        // Compacted below revision 3: reads there still work, older not.
+        hub.compact(3);
+        assert_eq!(range_all(&kv, &mut hub, 3).unwrap(), ["a=2@2v2", "b=1@3v1"]);
+        let gone = range_all(&kv, &mut hub, 2).unwrap_err();
+        assert!(gone.message().contains("compacted"), "{gone:?}");
+    }
+
+    #[test]
+    fn a_range_sorts_limits_and_counts_as_etcd_does() {
+        let mut kv = KvStore::default();
+        let mut hub = WatchHub::new(0);
+        apply(&mut kv, &mut hub, put("k1", "z"));
+        apply(&mut kv, &mut hub, put("k2", "y"));
+        apply(&mut kv, &mut hub, put("k3", "x"));
+        apply(&mut kv, &mut hub, put("k1", "w"));
+        let view = StoreView {
+            kv: &kv,
+            history: &mut hub,
+            promised: paxlog_core::Ballot::ZERO,
+        };
+        let keys = |request: pb::RangeRequest| {
+            let range = key_range(&request.key, &request.range_end).unwrap();
+            let (_, kvs, more, count) = range_at(&view, &range, &request).unwrap();
+            let keys: Vec<String> = kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect();
+            (keys, more, count)
+        };
+        let prefix =
+            |sort_order: SortOrder, sort_target: SortTarget, limit: i64| pb::RangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                sort_order: sort_order as i32,
+                sort_target: sort_target as i32,
+                limit,
+                ..Default::default()
+            };
+        assert_eq!(
+            keys(prefix(SortOrder::None, SortTarget::Key, 2)),
+            (vec!["k1".into(), "k2".into()], true, 3)
+        );
+        assert_eq!(
+            keys(prefix(SortOrder::Descend, SortTarget::Key, 0)),
+            (vec!["k3".into(), "k2".into(), "k1".into()], false, 3)
+        );
+        // By value, ascending by default: w (k1), x (k3), y (k2).
+        assert_eq!(
+            keys(prefix(SortOrder::None, SortTarget::Value, 0)),
+            (vec!["k1".into(), "k3".into(), "k2".into()], false, 3)
+        );
+        // By mod revision, descending, limited: k1 was written last.
+        assert_eq!(
+            keys(prefix(SortOrder::Descend, SortTarget::Mod, 1)),
+            (vec!["k1".into()], true, 3)
+        );
+        // Count only: no key-values, the count.
+        let mut count_only = prefix(SortOrder::None, SortTarget::Key, 0);
+        count_only.count_only = true;
+        assert_eq!(keys(count_only), (vec![], false, 3));
+    }
+}
