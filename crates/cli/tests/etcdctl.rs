@@ -209,7 +209,7 @@ fn etcdctl_reads_writes_transacts_and_lists_members() {
 }
 
 #[test]
-fn etcdctl_leases_expire_everywhere_at_one_revision() {
+fn an_etcdctl_lease_lives_through_a_leader_change_then_expires_everywhere_at_one_revision() {
     if !etcdctl_installed() {
         return;
     }
@@ -227,18 +227,19 @@ fn etcdctl_leases_expire_everywhere_at_one_revision() {
     etcdctl(&all, &["put", "l/plain", "1"]);
     // Keep-alives through every endpoint (followers forward them to the
     // leader) for longer than the TTL: the key stays.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(4) {
-        for i in 0..3 {
-            let one = endpoints(&c, &[i]);
-            let out = etcdctl(&one, &["lease", "keep-alive", "--once", &lease]);
-            assert!(out.contains("keepalived with TTL"), "{out}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let ttl = etcdctl(&all, &["lease", "timetolive", &lease, "--keys"]);
+    keep_alive_through(&c, &lease, &[0, 1, 2], 3);
+    // The leader goes; keep-alives go on through the others (they wait out
+    // the election): the new leader gives the lease a whole TTL, and the
+    // key stays.
+    let leader = c.wait_leader();
+    c.kill(leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    keep_alive_through(&c, &lease, &others, 4);
+    let survivors = endpoints(&c, &others);
+    let ttl = etcdctl(&survivors, &["lease", "timetolive", &lease, "--keys"]);
     assert!(ttl.contains("attached keys([l/a])"), "{ttl}");
-    assert_eq!(etcdctl(&all, &["get", "l/a"]), "l/a\n1\n");
+    assert_eq!(etcdctl(&survivors, &["get", "l/a"]), "l/a\n1\n");
+    c.start(leader);
     // Then they stop: the lease expires, its key goes on every replica at
     // the same revision, and the other key stays.
     let gone = Instant::now();
@@ -263,6 +264,20 @@ fn etcdctl_leases_expire_everywhere_at_one_revision() {
     let ttl = etcdctl(&all, &["lease", "timetolive", &lease]);
     assert!(ttl.contains("already expired"), "{ttl}");
     assert_eq!(etcdctl(&all, &["get", "l/plain"]), "l/plain\n1\n");
+}
+
+/// `etcdctl lease keep-alive --once` through each of `replicas` in turn,
+/// for `seconds`.
+fn keep_alive_through(c: &Cluster, lease: &str, replicas: &[usize], seconds: u64) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        for i in replicas {
+            let one = endpoints(c, &[*i]);
+            let out = etcdctl(&one, &["lease", "keep-alive", "--once", lease]);
+            assert!(out.contains("keepalived with TTL"), "{out}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The first `n` events `etcdctl watch -w json ARGS` prints (it runs
