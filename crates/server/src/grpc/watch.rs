@@ -149,7 +149,16 @@ impl Session {
             .ok()
             .filter(|r| *r > 0)
             .map(|r| r - 1);
-        let receiver = match self.subscribe(&range, from_round).await {
+        // A watch "from now" starts at the revision its `created` response
+        // reports, so no change after that revision is missed (the history
+        // replays what the driver applied since).
+        let since_created = self.subscribe(&range, Some(from_round.unwrap_or(revision)));
+        let subscribed = match (from_round, since_created.await) {
+            // The history restarted past it (a snapshot came): from now.
+            (None, Err(Subscribe::Compacted(_))) => self.subscribe(&range, None).await,
+            (_, answer) => answer,
+        };
+        let receiver = match subscribed {
             Ok(receiver) => receiver,
             Err(Subscribe::Compacted(first_kept_round)) => {
                 let mut response =
@@ -179,6 +188,7 @@ impl Session {
             watch_id,
             range,
             from_round,
+            created_round: revision,
             delivered: None,
             no_put: create.filters.contains(&(FilterType::Noput as i32)),
             no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
@@ -258,6 +268,10 @@ struct Watch {
     /// Events before this round are not for this watch (a watch from a
     /// future revision hears the rounds before it too).
     from_round: Option<u64>,
+    /// The replica's current round when the watch was created (its
+    /// `created` response said so): a watch "from now" that must resume
+    /// before it sent anything resumes from here.
+    created_round: u64,
     /// The last round this watch sent events of, and the keys it sent at
     /// that round (a round changes a key at most once; a watch the hub
     /// dropped mid-round resumes at that round and skips these).
@@ -417,8 +431,13 @@ impl Watch {
     /// The hub dropped this watch: subscribe again after the last round
     /// delivered, or cancel the watch if that round is gone.
     async fn resume(&mut self) -> Option<mpsc::Receiver<WatchEvent>> {
-        let from = self.delivered.as_ref().map(|(r, _)| *r).or(self.from_round);
-        match self.api.subscribe(&self.range, from).await {
+        let from = self
+            .delivered
+            .as_ref()
+            .map(|(r, _)| *r)
+            .or(self.from_round)
+            .unwrap_or(self.created_round);
+        match self.api.subscribe(&self.range, Some(from)).await {
             Ok(receiver) => Some(receiver),
             Err(reason) => {
                 let (compact_revision, cancel_reason) = match reason {
