@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages some tests use, from Debian's packages:
 # chromium (the dashboard test), faketime and fiu-utils (fault campaigns),
-# etcd-client (etcdctl, for the etcd API tests).
+# etcd-client (etcdctl, for the etcd API tests), protobuf-compiler (protoc,
+# which the etcd-client crate's build script needs: scripts/test.sh builds
+# compat/etcd-client only when protoc is found).
 # Needs root; otherwise it says what is missing, and the tests that need it
 # skip with a message.
 set -euo pipefail
@@ -10,6 +12,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
 command -v fiu-run >/dev/null 2>&1 || need+=(fiu-utils)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

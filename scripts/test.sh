@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command; .ci/run calls it).
-# Unit, scenario, property, storage, end-to-end and fault-campaign tests,
+# Unit, scenario, property, storage, end-to-end and fault-campaign tests, the
+# etcd-client crate against paxlog (when protoc is installed),
 # then a sweep of deterministic simulator seeds in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,18 @@ seeds=${PAXLOG_SIM_SEEDS:-3000}
 # The end-to-end campaign tests drive the release binary.
 cargo build --release --locked -q -p paxlog-cli -p paxlog-sim
 cargo test --workspace --locked
+# The etcd-client crate (crates.io) against a paxlog cluster: a workspace of
+# its own (compat/etcd-client, own Cargo.lock) since its build script needs
+# protoc, which the main workspace must not. It shares target/ and copies the
+# main profiles; --release reuses the paxlog-cli release build above about as
+# well as dev would reuse `cargo test --workspace` (tokio, hyper, tonic differ
+# in features either way), and measured a little less to build on top.
+if command -v protoc >/dev/null 2>&1; then
+  echo "== etcd-client crate against paxlog"
+  (cd compat/etcd-client && CARGO_TARGET_DIR="$PWD/../../target" PAXLOG_BIN="$PWD/../../target/release/paxlog" cargo test --locked --release)
+else
+  echo "note: protoc not installed (scripts/deps.sh installs protobuf-compiler as root): skipping the etcd-client crate test"
+fi
 echo "== simulator: $seeds seeds from 0"
 ./target/release/paxlog-sim --seeds "$seeds"
 echo "== simulator: regression seeds (crates/sim/regression-seeds.txt)"

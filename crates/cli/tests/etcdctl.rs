@@ -147,6 +147,19 @@ fn etcdctl_reads_writes_transacts_and_lists_members() {
     assert!(second["kvs"][0]["mod_revision"].as_i64().unwrap() > first_mod);
     let old = etcdctl(&all, &["get", "app/a", &format!("--rev={first_mod}")]);
     assert_eq!(old, "app/a\n1\n");
+    // Compaction (on the replica asked): reads at the compacted revision
+    // still work, older ones get etcd's error, and compacting there again
+    // is refused.
+    let one = endpoints(&c, &[0]);
+    let second_mod = second["kvs"][0]["mod_revision"].as_i64().unwrap();
+    let compacted = etcdctl(&one, &["compact", &second_mod.to_string()]);
+    assert_eq!(compacted.trim(), format!("compacted revision {second_mod}"));
+    let at = etcdctl(&one, &["get", "app/a", &format!("--rev={second_mod}")]);
+    assert_eq!(at, "app/a\n1b\n");
+    let (ok, _, err) = etcdctl_with(&one, &["get", "app/a", &format!("--rev={first_mod}")], None);
+    assert!(!ok && err.contains("compacted"), "{err}");
+    let (ok, _, err) = etcdctl_with(&one, &["compact", &second_mod.to_string()], None);
+    assert!(!ok && err.contains("compacted"), "{err}");
 
     // Txn: compare on value, then the success branch runs.
     let (ok, out, err) = etcdctl_with(

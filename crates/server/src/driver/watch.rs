@@ -59,6 +59,8 @@ pub struct WatchHub {
     history_bytes: usize,
     /// Every change at a round from here on is in `history`.
     history_from: u64,
+    /// See [`WatchHub::compact`].
+    compacted_revision: u64,
     watchers: Vec<Watcher>,
 }
 
@@ -68,6 +70,7 @@ impl WatchHub {
             history: VecDeque::new(),
             history_bytes: 0,
             history_from: applied_round,
+            compacted_revision: 0,
             watchers: Vec::new(),
         }
     }
@@ -112,14 +115,28 @@ impl WatchHub {
         self.history.range(start..).map(|(e, _)| e)
     }
 
-    /// Forgets the changes before `round` (etcd's compaction).
-    pub fn compact(&mut self, round: u64) {
-        while self.history.front().is_some_and(|(e, _)| e.round < round) {
+    /// etcd's compaction at `revision`: reads below it are refused from
+    /// now on (`compacted_revision`), and the changes no read or watch
+    /// from it needs are dropped. A watch from `revision` needs the change
+    /// that made it, written at round `revision - 1`.
+    pub fn compact(&mut self, revision: u64) {
+        let keep_from = revision.saturating_sub(1);
+        while self
+            .history
+            .front()
+            .is_some_and(|(e, _)| e.round < keep_from)
+        {
             if let Some((_, bytes)) = self.history.pop_front() {
                 self.history_bytes -= bytes;
             }
         }
-        self.history_from = self.history_from.max(round);
+        self.history_from = self.history_from.max(keep_from);
+        self.compacted_revision = self.compacted_revision.max(revision);
+    }
+
+    /// The revision of the last etcd compaction here (0: none).
+    pub fn compacted_revision(&self) -> u64 {
+        self.compacted_revision
     }
 
     pub(super) fn subscribe(

@@ -131,11 +131,13 @@ impl pb::kv_server::Kv for KvApi {
                 if wanted > current {
                     return Err(future_revision());
                 }
-                if wanted < view.history.first_kept_round() {
+                // As etcd: compacting at or below the last compaction, or
+                // below what the history still holds, is refused.
+                if wanted <= view.history.compacted_revision()
+                    || wanted < view.history.first_kept_round()
+                {
                     return Err(compacted());
                 }
-                // Revision r is the state after round r - 1: the changes
-                // of rounds r and later are what reads at r or later need.
                 view.history.compact(wanted);
                 Ok(current)
             })
@@ -347,8 +349,9 @@ fn kv_of_json(kv: &Value) -> Option<mvccpb::KeyValue> {
     Some(key_value(key, value, meta, lease))
 }
 
-/// What a Range answers: the revision read, the key-values, whether more
-/// matched than the limit let through, and how many matched in all.
+/// What a Range answers: the store's current revision, the key-values,
+/// whether more matched than the limit let through, and how many matched
+/// in all.
 type RangeAnswer = (u64, Vec<mvccpb::KeyValue>, bool, usize);
 
 /// Answers a Range from the store (on the driver's thread).
@@ -410,7 +413,11 @@ fn range_at(
             ));
         }
     } else {
-        if revision < view.history.first_kept_round() {
+        // Revision r is the state after round r - 1: the changes of
+        // rounds r and later undo to it.
+        if revision < view.history.first_kept_round()
+            || revision < view.history.compacted_revision()
+        {
             return Err(compacted());
         }
         let mut past: BTreeMap<String, (Value, KeyMeta, Option<u64>)> = view
@@ -490,7 +497,9 @@ fn range_at(
             })
             .collect()
     };
-    Ok((revision, kvs, more, count))
+    // The header carries the store's revision, whatever revision was read
+    // (as etcd's does).
+    Ok((current, kvs, more, count))
 }
 
 fn too_many_keys() -> Status {
@@ -594,11 +603,18 @@ mod tests {
         let future = range_all(&kv, &mut hub, 6).unwrap_err();
         assert_eq!(future.code(), Code::OutOfRange);
         assert!(future.message().contains("future revision"));
-        // Compacted below revision 3: reads there still work, older not.
+        // Compacted at revision 3: reads there still work, older not; the
+        // change that made revision 3 is kept for a watch from 3.
         hub.compact(3);
         assert_eq!(range_all(&kv, &mut hub, 3).unwrap(), ["a=2@2v2", "b=1@3v1"]);
         let gone = range_all(&kv, &mut hub, 2).unwrap_err();
         assert!(gone.message().contains("compacted"), "{gone:?}");
+        let kept: Vec<u64> = hub
+            .events_from(0)
+            .map(|e| revision_of_round(e.round))
+            .collect();
+        assert_eq!(kept, [3, 4, 5]);
+        assert_eq!(hub.compacted_revision(), 3);
     }
 
     #[test]
