@@ -38,7 +38,7 @@ ENV PAXLOG_HTTP=0.0.0.0:5000 \
     RUST_LOG=info
 # 5000: client HTTP API.  6000: peer protocol (conventional; it is whatever
 # port PAXLOG_PEERS gives this replica).
-EXPOSE 5000 6000
+EXPOSE 5000 2379 6000
 VOLUME ["/data"]
 ENTRYPOINT ["/usr/local/bin/paxlog"]
 CMD ["node"]

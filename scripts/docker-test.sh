@@ -68,11 +68,15 @@ else
     for _ in $(seq 20); do
         base=$((20000 + RANDOM % 9990))
         port_free "$base" && port_free $((base + 1)) && port_free $((base + 2)) \
-            && port_free $((base + 3)) && break
+            && port_free $((base + 3)) && port_free $((base + 10)) \
+            && port_free $((base + 11)) && port_free $((base + 12)) \
+            && port_free $((base + 13)) && break
     done
 fi
 export PAXLOG_HTTP_PORT_0=$base PAXLOG_HTTP_PORT_1=$((base + 1)) \
     PAXLOG_HTTP_PORT_2=$((base + 2)) PAXLOG_HTTP_PORT_3=$((base + 3))
+export PAXLOG_GRPC_PORT_0=$((base + 10)) PAXLOG_GRPC_PORT_1=$((base + 11)) \
+    PAXLOG_GRPC_PORT_2=$((base + 12)) PAXLOG_GRPC_PORT_3=$((base + 13))
 project=paxlog-test-$$-$RANDOM
 dc() { "${compose[@]}" -p "$project" -f "$root/docker-compose.yml" "$@"; }
 # With the `scale` profile: paxlog-3 is then part of the project too.
@@ -162,6 +166,19 @@ for i in 0 1 2 3 4 5; do
     wait_for "PUT k$i via replica $((i % 3))" put $((i % 3)) "k$i" "{\"n\":$i,\"phase\":\"before\"}"
 done
 say "wrote k0..k5 through all three replicas"
+
+# etcd's v3 gRPC API through the published ports (when etcdctl is here).
+if command -v etcdctl >/dev/null 2>&1; then
+    grpc_endpoints="127.0.0.1:$PAXLOG_GRPC_PORT_0,127.0.0.1:$PAXLOG_GRPC_PORT_1,127.0.0.1:$PAXLOG_GRPC_PORT_2"
+    wait_for "etcdctl put through the gRPC ports" \
+        env ETCDCTL_API=3 etcdctl --endpoints="$grpc_endpoints" put etcd/k via-grpc
+    got=$(ETCDCTL_API=3 etcdctl --endpoints="$grpc_endpoints" get etcd/k --print-value-only) \
+        || fail "etcdctl get failed"
+    [[ $got == via-grpc ]] || fail "etcdctl get returned $got"
+    etcd_members=$(ETCDCTL_API=3 etcdctl --endpoints="$grpc_endpoints" member list) || fail "etcdctl member list failed"
+    [[ $etcd_members == *"http://paxlog-0:2379"* ]] || fail "member list lacks the advertised gRPC address: $etcd_members"
+    say "etcdctl put/get/member list through the containers' gRPC ports"
+fi
 
 victim=$lead
 cid=$(container "$victim")
