@@ -80,19 +80,28 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> String {
     })
 }
 
+/// A running 3-replica cluster and its gRPC endpoints, if etcdctl is
+/// installed.
+fn three_replicas() -> Option<(Cluster, String)> {
+    if !etcdctl_installed() {
+        return None;
+    }
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    c.wait_leader();
+    let all = endpoints(&c, &[0, 1, 2]);
+    Some((c, all))
+}
+
 fn json_of(out: &str) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 #[test]
 fn etcdctl_reads_writes_transacts_and_lists_members() {
-    if !etcdctl_installed() {
+    let Some((c, all)) = three_replicas() else {
         return;
-    }
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    c.wait_leader();
-    let all = endpoints(&c, &[0, 1, 2]);
+    };
 
     assert_eq!(etcdctl(&all, &["put", "app/a", "1"]).trim(), "OK");
     assert_eq!(etcdctl(&all, &["put", "app/b", "two words"]).trim(), "OK");
@@ -223,13 +232,9 @@ fn etcdctl_reads_writes_transacts_and_lists_members() {
 
 #[test]
 fn an_etcdctl_lease_lives_through_a_leader_change_then_expires_everywhere_at_one_revision() {
-    if !etcdctl_installed() {
+    let Some((mut c, all)) = three_replicas() else {
         return;
-    }
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    c.wait_leader();
-    let all = endpoints(&c, &[0, 1, 2]);
+    };
     let granted = etcdctl(&all, &["lease", "grant", "2"]);
     // "lease 1 granted with TTL(2s)"
     let lease = granted.split_whitespace().nth(1).unwrap().to_string();
@@ -411,4 +416,66 @@ fn an_etcdctl_watch_goes_on_across_the_loss_of_its_replica_without_gaps_or_repea
     assert_eq!(rest, expected, "every event once, in order");
     // Nothing more (no repeat) arrived.
     assert!(lines.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn etcdctl_over_tls_with_tokens_as_passwords() {
+    if !etcdctl_installed() {
+        return;
+    }
+    const RW: &str = "rw-token-for-etcd";
+    const RO: &str = "ro-token-for-etcd";
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().join("certs");
+    let (status, _, err) = run_paxlog(&["certs", "--out", dir.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    // Every replica may show the same certificate: it names the peer name,
+    // localhost and 127.0.0.1.
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (cert, key, ca) = (file("node-0.pem"), file("node-0-key.pem"), file("ca.pem"));
+    let mut c = Cluster::new(
+        3,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+            "--write-token",
+            RW,
+            "--read-token",
+            RO,
+        ],
+    );
+    // (The harness's readiness probe speaks plain HTTP: etcdctl waits.)
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let all = (0..3)
+        .map(|i| format!("https://127.0.0.1:{}", c.grpc_ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cacert = format!("--cacert={ca}");
+    let writer = format!("--user=root:{RW}");
+    let reader = format!("--user=root:{RO}");
+    let put = etcdctl(&all, &[&cacert, &writer, "put", "secure", "yes"]);
+    assert_eq!(put.trim(), "OK");
+    let got = etcdctl(&all, &[&cacert, &reader, "get", "secure"]);
+    assert_eq!(got, "secure\nyes\n");
+    // A read-only token cannot write, no token cannot read, a wrong one
+    // cannot log in.
+    let (ok, _, err) = etcdctl_with(&all, &[&cacert, &reader, "put", "secure", "no"], None);
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let (ok, _, err) = etcdctl_with(&all, &[&cacert, "get", "secure"], None);
+    assert!(!ok && err.contains("invalid auth token"), "{err}");
+    let (ok, _, err) = etcdctl_with(&all, &[&cacert, "--user=root:wrong", "get", "secure"], None);
+    assert!(!ok && err.contains("authentication failed"), "{err}");
+    // Without the CA, the server is not trusted.
+    let (ok, _, _) = etcdctl_with(&all, &["--dial-timeout=1s", &writer, "get", "secure"], None);
+    assert!(!ok);
+    assert_eq!(
+        etcdctl(&all, &[&cacert, &reader, "get", "secure"]),
+        "secure\nyes\n"
+    );
 }

@@ -36,16 +36,8 @@ impl pb::kv_server::Kv for KvApi {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let op = put_op(request.into_inner())?;
-        let (revision, mut responses) = self
-            .0
-            .run_txn(Txn {
-                compares: Vec::new(),
-                success: vec![op],
-                failure: Vec::new(),
-            })
-            .await?
-            .into_parts();
-        let prev_kv = match responses.pop() {
+        let (revision, response) = self.0.run_op(op).await?;
+        let prev_kv = match response {
             Some(pb::ResponseOp {
                 response: Some(pb::response_op::Response::ResponsePut(put)),
             }) => put.prev_kv,
@@ -66,16 +58,8 @@ impl pb::kv_server::Kv for KvApi {
             range: key_range(&request.key, &request.range_end)?,
             prev_kv: request.prev_kv,
         };
-        let (revision, mut responses) = self
-            .0
-            .run_txn(Txn {
-                compares: Vec::new(),
-                success: vec![op],
-                failure: Vec::new(),
-            })
-            .await?
-            .into_parts();
-        let (deleted, prev_kvs) = match responses.pop() {
+        let (revision, response) = self.0.run_op(op).await?;
+        let (deleted, prev_kvs) = match response {
             Some(pb::ResponseOp {
                 response: Some(pb::response_op::Response::ResponseDeleteRange(d)),
             }) => (d.deleted, d.prev_kvs),
@@ -155,16 +139,23 @@ pub(super) struct TxnAnswer {
     pub responses: Vec<pb::ResponseOp>,
 }
 
-impl TxnAnswer {
-    fn into_parts(self) -> (u64, Vec<pb::ResponseOp>) {
-        (self.revision, self.responses)
-    }
-}
-
 impl EtcdApi {
+    /// Runs one op on its own (a Put, a DeleteRange): its revision and
+    /// its result.
+    async fn run_op(&self, op: TxnOp) -> Result<(u64, Option<pb::ResponseOp>), Status> {
+        let mut answer = self
+            .run_txn(Txn {
+                compares: Vec::new(),
+                success: vec![op],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok((answer.revision, answer.responses.pop()))
+    }
+
     /// Runs `txn` through the log: its revision is its round's.
     pub(super) async fn run_txn(&self, txn: Txn) -> Result<TxnAnswer, Status> {
-        let command = KvCommand::txn(txn).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let command = KvCommand::txn(txn).map_err(txn_refusal)?;
         let output = self.write(command).await?;
         let revision = revision_of_round(output.slot.0);
         let ApplyResult::Ok {
@@ -189,6 +180,19 @@ impl EtcdApi {
             succeeded,
             responses,
         })
+    }
+}
+
+/// A transaction refused before it reached the log, with etcd's message
+/// where its clients match on it.
+fn txn_refusal(error: paxlog_kv::KvError) -> Status {
+    let message = error.to_string();
+    if matches!(error, paxlog_kv::KvError::TooMany { .. }) {
+        Status::invalid_argument("etcdserver: too many operations in txn request")
+    } else if message.contains("duplicate key given in txn request") {
+        Status::invalid_argument("etcdserver: duplicate key given in txn request")
+    } else {
+        Status::invalid_argument(message)
     }
 }
 
