@@ -479,3 +479,57 @@ fn etcdctl_over_tls_with_tokens_as_passwords() {
         "secure\nyes\n"
     );
 }
+
+#[test]
+fn etcdctl_adds_promotes_and_removes_a_member() {
+    let Some((mut c, all)) = three_replicas() else {
+        return;
+    };
+    etcdctl(&all, &["put", "before", "1"]);
+    // etcd's way: announce the member, then start it. paxlog adds it as a
+    // learner; the replica joins at that address and gets the same id.
+    let slot = c.add_slot();
+    let peer_url = format!("http://localhost:{}", c.peer_ports[slot]);
+    let added = etcdctl(
+        &all,
+        &[
+            "member",
+            "add",
+            "paxlog-3",
+            &format!("--peer-urls={peer_url}"),
+        ],
+    );
+    assert!(
+        added.contains("Member") && added.contains("added"),
+        "{added}"
+    );
+    let joiner = c.joiner_command(slot, 0, &[]);
+    c.start_with(slot, joiner);
+    let listed = etcdctl(&all, &["member", "list"]);
+    assert!(
+        listed.contains(&format!("4, started, paxlog-3, {peer_url}")) && listed.ends_with("true\n"),
+        "a learner: {listed}"
+    );
+    // Promoted once it has caught up (refused until then).
+    wait_until(LONG, "the promotion", || {
+        let (ok, _, err) = etcdctl_with(&all, &["member", "promote", "4"], None);
+        if !ok {
+            eprintln!("promote: {err}");
+        }
+        ok
+    });
+    let listed = etcdctl(&all, &["member", "list"]);
+    assert_eq!(
+        listed.matches(", false").count(),
+        4,
+        "four voters: {listed}"
+    );
+    let new_member = endpoints(&c, &[slot]);
+    assert_eq!(etcdctl(&new_member, &["get", "before"]), "before\n1\n");
+    // And removed again.
+    etcdctl(&all, &["member", "remove", "4"]);
+    let listed = etcdctl(&all, &["member", "list"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let (ok, _, err) = etcdctl_with(&all, &["member", "remove", "4"], None);
+    assert!(!ok, "removing it twice: {err}");
+}

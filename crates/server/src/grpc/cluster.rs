@@ -64,6 +64,18 @@ impl EtcdApi {
         self.state.call(input, answer).await.map_err(status_of)
     }
 
+    /// Changes etcd member `member`'s role: the header at the change's
+    /// revision and the members after it.
+    async fn change_and_list(
+        &self,
+        action: MemberAction,
+        member: u64,
+    ) -> Result<(Option<pb::ResponseHeader>, Vec<pb::Member>), Status> {
+        let report = self.change_member(action, replica_of(member)?).await?;
+        let revision = report.round.map_or(0, revision_of_round);
+        Ok((Some(self.header(revision)), self.members(&report)))
+    }
+
     async fn member_list_response(&self) -> Result<(u64, Vec<pb::Member>), Status> {
         let status = self.status().await?;
         Ok((status.current_round, self.members(&status.membership)))
@@ -130,13 +142,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        let id = replica_of(request.into_inner().id)?;
-        let report = self.0.change_member(MemberAction::Remove, id).await?;
-        let revision = report.round.map_or(0, revision_of_round);
-        Ok(Response::new(pb::MemberRemoveResponse {
-            header: Some(self.0.header(revision)),
-            members: self.0.members(&report),
-        }))
+        let (header, members) = self
+            .0
+            .change_and_list(MemberAction::Remove, request.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::MemberRemoveResponse { header, members }))
     }
 
     async fn member_update(
@@ -163,13 +173,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        let id = replica_of(request.into_inner().id)?;
-        let report = self.0.change_member(MemberAction::Promote, id).await?;
-        let revision = report.round.map_or(0, revision_of_round);
-        Ok(Response::new(pb::MemberPromoteResponse {
-            header: Some(self.0.header(revision)),
-            members: self.0.members(&report),
-        }))
+        let (header, members) = self
+            .0
+            .change_and_list(MemberAction::Promote, request.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::MemberPromoteResponse { header, members }))
     }
 }
 
