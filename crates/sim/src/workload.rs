@@ -4,7 +4,9 @@
 
 use paxlog_core::rng::SplitMix64;
 use paxlog_core::Entry;
-use paxlog_kv::{KvCommand, KvOptions, KvStore};
+use paxlog_kv::{
+    Compare, CompareOp, CompareTarget, KeyRange, KvCommand, KvOptions, KvStore, Txn, TxnOp,
+};
 
 /// Counter names. Statement names and keys share one namespace, so these
 /// must not be among `KEYS`.
@@ -25,15 +27,25 @@ pub fn draw_command(rng: &mut SplitMix64) -> KvCommand {
             key,
             value_json: small(rng),
         },
-        55..70 => KvCommand::Cas {
-            key,
-            expected_json: if rng.chance(1, 4) {
+        55..70 => {
+            let expected_json = if rng.chance(1, 4) {
                 None
             } else {
                 Some(small(rng))
-            },
-            new_json: small(rng),
-        },
+            };
+            let new_json = small(rng);
+            // On k3, the same compare-and-set as etcd's API sends it: a
+            // transaction (no extra draw, so seeds keep their schedules).
+            if key == "k3" {
+                etcd_style_cas(key, expected_json, new_json)
+            } else {
+                KvCommand::Cas {
+                    key,
+                    expected_json,
+                    new_json,
+                }
+            }
+        }
         // State dependent: running one twice shows in the counter's value.
         70..95 => KvCommand::Exec {
             source: format!("{counter} += 1"),
@@ -48,6 +60,37 @@ pub fn draw_command(rng: &mut SplitMix64) -> KvCommand {
     }
 }
 
+/// A compare-and-set as an etcd client writes it: compare the value (or,
+/// for "absent", the create revision with 0), put on success, read the key
+/// on failure.
+fn etcd_style_cas(key: String, expected_json: Option<String>, new_json: String) -> KvCommand {
+    let target = match &expected_json {
+        Some(json) => CompareTarget::Value(json.clone().into_bytes()),
+        None => CompareTarget::CreateRevision(0),
+    };
+    KvCommand::Txn(Txn {
+        compares: vec![Compare {
+            range: KeyRange::One(key.clone()),
+            target,
+            op: CompareOp::Equal,
+        }],
+        success: vec![TxnOp::Put {
+            key: key.clone(),
+            value_json: new_json,
+            lease: None,
+            ignore_value: false,
+            ignore_lease: false,
+            prev_kv: false,
+        }],
+        failure: vec![TxnOp::Range {
+            range: KeyRange::One(key),
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+        }],
+    })
+}
+
 /// Keys a linearizable read asks for.
 pub fn draw_read_key(rng: &mut SplitMix64) -> &'static str {
     let all = [KEYS[0], KEYS[1], KEYS[2], KEYS[3], COUNTERS[0], COUNTERS[1]];
@@ -58,6 +101,10 @@ pub fn draw_read_key(rng: &mut SplitMix64) -> &'static str {
 pub fn key_of(command: &KvCommand) -> Option<&str> {
     match command {
         KvCommand::Put { key, .. } | KvCommand::Cas { key, .. } => Some(key),
+        KvCommand::Txn(txn) => txn.success.iter().find_map(|op| match op {
+            TxnOp::Put { key, .. } => Some(key.as_str()),
+            _ => None,
+        }),
         KvCommand::Exec { source } => {
             if let Some(name) = source.strip_prefix("del ") {
                 return KEYS.iter().copied().find(|k| *k == name);
