@@ -478,6 +478,18 @@ fn etcdctl_over_tls_with_tokens_as_passwords() {
         etcdctl(&all, &[&cacert, &reader, "get", "secure"]),
         "secure\nyes\n"
     );
+    // Keep-alives through every endpoint: followers pass them to the
+    // leader over TLS, with the write token.
+    let granted = etcdctl(&all, &[&cacert, &writer, "lease", "grant", "5"]);
+    let lease = granted.split_whitespace().nth(1).unwrap().to_string();
+    for i in 0..3 {
+        let one = format!("https://127.0.0.1:{}", c.grpc_ports[i]);
+        let out = etcdctl(
+            &one,
+            &[&cacert, &writer, "lease", "keep-alive", "--once", &lease],
+        );
+        assert!(out.contains("keepalived with TTL(5)"), "replica {i}: {out}");
+    }
 }
 
 #[test]

@@ -131,6 +131,15 @@ pub async fn run_node(
         )?),
         None => None,
     };
+    let grpc_dialer = match &tls_pem {
+        Some((cert, key, ca)) => Some(tls::GrpcDialer::from_pem(
+            cert,
+            key,
+            ca,
+            &cfg.tls_peer_name,
+        )?),
+        None => None,
+    };
     let (transport, inbound) = Transport::start::<Wire>(transport_cfg).await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http)
@@ -197,7 +206,7 @@ pub async fn run_node(
         read_only: cfg.read_token.clone(),
     });
     let grpc_app = grpc::router(
-        grpc::EtcdApi::new(state.clone(), cfg.write_token.clone()),
+        grpc::EtcdApi::new(state.clone(), cfg.write_token.clone(), grpc_dialer),
         tokens.clone(),
     );
     let mut app = http::router(state, cfg.max_body_bytes);

@@ -11,9 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::crypto::ring::default_provider;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// TLS settings for the client API.
 #[derive(Clone)]
@@ -70,6 +71,47 @@ impl HttpTls {
         config.alpn_protocols = vec![alpn.to_vec()];
         Ok(HttpTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+/// How one replica dials another's gRPC API over TLS (a follower passing
+/// keep-alives to the leader): the CA that signs every replica's
+/// certificate, this replica's own certificate (for servers that require
+/// client certificates), and the name every replica's certificate carries.
+#[derive(Clone)]
+pub struct GrpcDialer {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl GrpcDialer {
+    pub fn from_pem(
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        ca_pem: &[u8],
+        server_name: &str,
+    ) -> Result<GrpcDialer, ServerError> {
+        let provider = Arc::new(default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in certificates_from_pem(ca_pem)? {
+            roots.add(cert).map_err(|e| tls_error("CA", e))?;
+        }
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error("protocol versions", e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                certificates_from_pem(cert_chain_pem)?,
+                private_key_from_pem(key_pem)?,
+            )
+            .map_err(|e| tls_error("client certificate and key", e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| tls_error("server name", e))?;
+        Ok(GrpcDialer {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
         })
     }
 }

@@ -68,15 +68,15 @@ impl EtcdApi {
             let Some(addr) = status.membership.grpc_addresses.get(&leader) else {
                 return Err(unreachable("its gRPC address is not known yet".into()));
             };
-            if self.state.node().tls {
-                return Err(unreachable(
-                    "forwarding over TLS is not supported; send keep-alives to the leader".into(),
-                ));
-            }
             *forward = Some(
-                Forward::open(leader, addr, self.forward_token.as_deref())
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?,
+                Forward::open(
+                    leader,
+                    addr,
+                    self.forward_token.as_deref(),
+                    self.forward_tls.as_ref(),
+                )
+                .await
+                .map_err(|e| unreachable(e.to_string()))?,
             );
         }
         let Some(f) = forward.as_mut() else {
@@ -100,15 +100,38 @@ pub(super) struct Forward {
 }
 
 impl Forward {
-    async fn open(leader: u32, addr: &str, token: Option<&str>) -> Result<Forward, Status> {
+    async fn open(
+        leader: u32,
+        addr: &str,
+        token: Option<&str>,
+        tls: Option<&crate::tls::GrpcDialer>,
+    ) -> Result<Forward, Status> {
         use pb::lease_client::LeaseClient;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::unavailable(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(2));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = match tls {
+            None => endpoint.connect().await,
+            Some(dialer) => {
+                let dialer = dialer.clone();
+                let addr = addr.to_string();
+                // TLS on our side of tonic: a TCP connection, then the
+                // handshake, checking the name every replica carries.
+                let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                    let (dialer, addr) = (dialer.clone(), addr.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                        let tls = dialer
+                            .connector
+                            .connect(dialer.server_name.clone(), tcp)
+                            .await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                    }
+                });
+                endpoint.connect_with_connector(connector).await
+            }
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut client = LeaseClient::new(channel);
         let (requests, outbound) = mpsc::channel(KEEPALIVE_QUEUE);
         let mut request = Request::new(ReceiverStream::new(outbound));

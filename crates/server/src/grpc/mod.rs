@@ -54,10 +54,16 @@ pub struct EtcdApi {
     /// The token a follower shows the leader when it passes a client's
     /// request on (the read-write one, when tokens are set).
     forward_token: Option<String>,
+    /// How it reaches the leader when clients use TLS.
+    forward_tls: Option<crate::tls::GrpcDialer>,
 }
 
 impl EtcdApi {
-    pub fn new(state: AppState, forward_token: Option<String>) -> EtcdApi {
+    pub fn new(
+        state: AppState,
+        forward_token: Option<String>,
+        forward_tls: Option<crate::tls::GrpcDialer>,
+    ) -> EtcdApi {
         let node = state.node();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         node.cluster_id.hash(&mut hasher);
@@ -68,6 +74,7 @@ impl EtcdApi {
             cluster_id,
             member_id,
             forward_token,
+            forward_tls,
         }
     }
 
