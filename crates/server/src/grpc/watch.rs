@@ -114,10 +114,14 @@ impl Session {
         let watch_id = if create.watch_id != 0 {
             create.watch_id
         } else {
+            // Ids go up and are not reused within a stream, as etcd's
+            // (a late response of a canceled watch never looks like a new
+            // watch's).
             while self.watches.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            self.next_id += 1;
+            self.next_id - 1
         };
         let revision = self.api.state.metrics().published.snapshot().applied_round;
         let refuse = |reason: String| pb::WatchResponse {
