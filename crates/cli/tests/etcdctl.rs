@@ -93,6 +93,23 @@ fn three_replicas() -> Option<(Cluster, String)> {
     Some((c, all))
 }
 
+/// A replica's `/metrics` page (text, not JSON).
+fn metrics_text(port: u16) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
 fn json_of(out: &str) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -223,6 +240,11 @@ fn etcdctl_reads_writes_transacts_and_lists_members() {
     assert!(ok, "{health}");
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 
+    // Each replica's /metrics times the gRPC calls by method.
+    let timed = (0..3).any(|i| {
+        metrics_text(c.port(i)).contains("endpoint=\"/etcdserverpb.KV/Put\",method=\"GRPC\"")
+    });
+    assert!(timed, "no replica timed a Put");
     // Bad requests get etcd's errors: a future revision, an empty key.
     let (ok, _, err) = etcdctl_with(&all, &["get", "x", "--rev=999999999"], None);
     assert!(!ok && err.contains("future revision"), "{err}");

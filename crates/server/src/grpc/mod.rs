@@ -271,12 +271,66 @@ pub fn router(api: EtcdApi, tokens: std::sync::Arc<crate::auth::Tokens>) -> axum
         .add_service(limited!(AuthServer::new(cluster::AuthApi {
             tokens: tokens.clone()
         })));
+    let metrics = api.state.metrics_handle();
     let router = routes.into_axum_router();
-    if tokens.enabled() {
+    let router = if tokens.enabled() {
         router.layer(axum::middleware::from_fn_with_state(tokens, require_token))
     } else {
         router
-    }
+    };
+    router.layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+/// The methods served, as gRPC paths (the metric's label values).
+const SERVED_METHODS: &[&str] = &[
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.KV/Put",
+    "/etcdserverpb.KV/DeleteRange",
+    "/etcdserverpb.KV/Txn",
+    "/etcdserverpb.KV/Compact",
+    "/etcdserverpb.Watch/Watch",
+    "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/etcdserverpb.Lease/LeaseLeases",
+    "/etcdserverpb.Cluster/MemberAdd",
+    "/etcdserverpb.Cluster/MemberRemove",
+    "/etcdserverpb.Cluster/MemberUpdate",
+    "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Cluster/MemberPromote",
+    "/etcdserverpb.Maintenance/Alarm",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Defragment",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Maintenance/MoveLeader",
+    "/etcdserverpb.Auth/Authenticate",
+];
+
+/// Times each call into the request histogram, by method (the served
+/// paths; anything else counts as `unmatched`). A stream counts until its
+/// response starts.
+async fn observe(
+    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<crate::metrics::Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let path = request.uri().path();
+    let endpoint = SERVED_METHODS
+        .iter()
+        .find(|m| **m == path)
+        .copied()
+        .unwrap_or("unmatched");
+    let response = next.run(request).await;
+    metrics.observe_request(
+        endpoint,
+        "GRPC",
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// The methods a read-only token may call.

@@ -352,6 +352,10 @@ impl AppState {
         &self.inner.metrics
     }
 
+    pub(crate) fn metrics_handle(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
     async fn submit(&self, input: DriverInput) -> Result<(), Response> {
         match self.inner.driver.try_send(input) {
             Ok(()) => Ok(()),
