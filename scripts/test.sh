@@ -18,6 +18,7 @@ cargo test --workspace --locked
 # in features either way), and measured a little less to build on top.
 if command -v protoc >/dev/null 2>&1; then
   echo "== etcd-client crate against paxlog"
+  (cd compat/etcd-client && CARGO_TARGET_DIR="$PWD/../../target" cargo clippy --locked --release --all-targets -q -- -D warnings)
   (cd compat/etcd-client && CARGO_TARGET_DIR="$PWD/../../target" PAXLOG_BIN="$PWD/../../target/release/paxlog" cargo test --locked --release)
 else
   echo "note: protoc not installed (scripts/deps.sh installs protobuf-compiler as root): skipping the etcd-client crate test"
