@@ -25,6 +25,8 @@ else
 fi
 echo "== simulator: $seeds seeds from 0"
 ./target/release/paxlog-sim --seeds "$seeds"
+echo "== simulator: 1000 seeds from 0 with a lease keeper (never early)"
+./target/release/paxlog-sim --seeds 1000 --leases
 echo "== simulator: regression seeds (crates/sim/regression-seeds.txt)"
 grep -o '^[0-9]\+' crates/sim/regression-seeds.txt | while read -r seed; do
   ./target/release/paxlog-sim --seed "$seed" >/dev/null || {

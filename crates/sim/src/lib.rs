@@ -11,6 +11,7 @@
 mod checker;
 mod disk;
 mod io;
+mod leases;
 mod network;
 mod workload;
 
@@ -25,8 +26,8 @@ use paxlog_core::{
 };
 use paxlog_kv::{ApplyOutput, ErrorKind, KvCommand, KvOptions, KvStore};
 use paxlog_server::driver::{
-    Consistency, Driver, DriverBugs, DriverError, DriverInput, DriverIo, KeyValue, Query,
-    ReadRequest, WriteRequest,
+    Consistency, Driver, DriverBugs, DriverError, DriverInput, DriverIo, KeyValue, LeaseAction,
+    Query, ReadRequest, WriteRequest,
 };
 use paxlog_server::metrics::Metrics;
 use paxlog_server::wire::Wire;
@@ -208,6 +209,10 @@ pub struct SimOptions {
     /// Chance per tick (per 100k) that the operator asks the leader for a
     /// membership change (0: the membership never changes).
     pub membership_change_per_100k: u64,
+    /// A client keeps leases alive, then lets them go; the never-early
+    /// checker judges every expiry (`paxlog-sim --leases`). The replicas'
+    /// clocks then do not jump (outside the drift bound a lease assumes).
+    pub leases: bool,
 }
 
 impl SimOptions {
@@ -294,7 +299,17 @@ impl SimOptions {
             driver_bugs: DriverBugs::default(),
             spares,
             membership_change_per_100k,
+            leases: false,
         }
+    }
+
+    /// The same seed with a lease keeper (see `leases`).
+    pub fn with_leases(mut self, leases: bool) -> SimOptions {
+        self.leases = leases;
+        if leases {
+            self.faults.clock_jump_per_100k = 0;
+        }
+        self
     }
 
     /// Every replica the run starts: the cluster and the spares.
@@ -332,6 +347,10 @@ pub struct FaultCounts {
     /// run ended at (the changes chosen).
     pub membership_changes_placed: u64,
     pub membership_epoch: u64,
+    /// With a lease keeper: keep-alives answered, and expiries it checked
+    /// against the last of them.
+    pub lease_keep_alives: u64,
+    pub lease_expiries_checked: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -355,11 +374,17 @@ pub struct SimReport {
     pub residual_reruns: u64,
     pub faults: FaultCounts,
     pub violations: Vec<String>,
+    /// The run had a lease keeper (`--leases`).
+    pub leases: bool,
 }
 
 impl SimReport {
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p paxlog-sim -- --seed {}", self.seed)
+        let leases = if self.leases { " --leases" } else { "" };
+        format!(
+            "cargo run --release -p paxlog-sim -- --seed {}{leases}",
+            self.seed
+        )
     }
 }
 
@@ -460,6 +485,8 @@ impl Answer {
 pub struct Simulation {
     options: SimOptions,
     rng: SplitMix64,
+    /// The lease keeper (`SimOptions::leases`).
+    lease_keeper: Option<leases::LeaseKeeper>,
     /// Workload draws added later (deletes), on a stream of their own.
     workload_rng: SplitMix64,
     now_tick: u64,
@@ -496,6 +523,8 @@ const STATE_SAMPLE_EVERY_SLOTS: u64 = 16;
 
 /// The first client id; ids count up from here.
 const FIRST_CLIENT_ID: u64 = 1000;
+/// The lease keeper's client id (below the clients').
+const LEASE_CLIENT_ID: u64 = 999;
 
 /// Peer messages queued at a stalled replica at most (the transport's
 /// queue: beyond it, messages are dropped).
@@ -565,6 +594,9 @@ impl Simulation {
             ever_members: paxlog_core::Membership::initial(options.nodes).members_mask(),
             next_change_seq: 0,
             send_violations_reported: Default::default(),
+            lease_keeper: options
+                .leases
+                .then(|| leases::LeaseKeeper::new(options.seed, LEASE_CLIENT_ID)),
             clients,
             options,
         }
@@ -585,11 +617,13 @@ impl Simulation {
             self.advance_clocks(faulty);
             self.restart_due_nodes();
             self.drive_clients(faulty);
+            self.drive_lease_keeper();
             self.deliver_messages();
             for i in 0..self.nodes.len() {
                 self.run_turn(i);
             }
             self.poll_clients();
+            self.poll_lease_keeper();
             self.checker.recheck_deferred_reads(false);
             self.check_promises();
             if !faulty && self.converged() {
@@ -616,6 +650,10 @@ impl Simulation {
             self.faults.recoveries += lock(&node.io).recoveries;
         }
         self.faults.membership_epoch = self.newest_membership().epoch;
+        if let Some(keeper) = &self.lease_keeper {
+            self.faults.lease_keep_alives = keeper.keep_alives_answered;
+            self.faults.lease_expiries_checked = keeper.expiries_checked;
+        }
         let load = self.network.load_counts();
         self.faults.queue_full_drops = load.queue_full;
         self.faults.connection_resets = load.resets;
@@ -635,6 +673,7 @@ impl Simulation {
             residual_reruns: self.checker.residual_reruns(),
             faults: self.faults,
             violations,
+            leases: self.options.leases,
         }
     }
 
@@ -1305,11 +1344,150 @@ impl Simulation {
         let expired = (sessions_before + usize::from(opened)).saturating_sub(kv.session_count());
         let value_after = key.as_ref().and_then(|k| kv.get(k).cloned());
         if self.checker.applied(me, slot, entry, &output) {
+            self.check_lease_expiry(entry, &output);
             self.sessions_expired += expired as u64;
             if let Some(key) = key {
                 if value_after != value_before {
                     self.checker.key_changed(&key, slot, value_after);
                 }
+            }
+        }
+    }
+
+    // ----- the lease keeper ----------------------------------------------------
+
+    fn now_ms(&self) -> u64 {
+        self.now_tick * TICK_MS
+    }
+
+    /// Sends the keeper's next request, to the leader it was told of or a
+    /// replica of its own stream's choosing.
+    fn drive_lease_keeper(&mut self) {
+        let (now_tick, now_ms) = (self.now_tick, self.now_ms());
+        let total = self.options.total_nodes();
+        let Some(keeper) = self.lease_keeper.as_mut() else {
+            return;
+        };
+        let Some(ask) = keeper.next_ask(now_tick, now_ms) else {
+            return;
+        };
+        let target = match keeper.target {
+            Some(node) if node.0 < total => node.0 as usize,
+            _ => keeper.rng.range(0, u64::from(total)) as usize,
+        };
+        if self.nodes[target].driver.is_none() {
+            keeper.target = None;
+            return;
+        }
+        let deadline = self.deadline_at(target);
+        let deadline_tick = now_tick + leases::REQUEST_TIMEOUT_TICKS;
+        let Some(keeper) = self.lease_keeper.as_mut() else {
+            return;
+        };
+        match ask {
+            leases::Ask::Write { id, command } => {
+                self.checker.issued(id, &command);
+                let (reply, rx) = oneshot::channel();
+                self.nodes[target]
+                    .client_inbox
+                    .push_back(DriverInput::Write(WriteRequest {
+                        command,
+                        id,
+                        reply,
+                        deadline,
+                    }));
+                keeper.pending = Some(leases::Pending::Write {
+                    reply: rx,
+                    sent_ms: now_ms,
+                    deadline_tick,
+                });
+            }
+            leases::Ask::KeepAlive(lease) => {
+                let (reply, rx) = oneshot::channel();
+                self.nodes[target]
+                    .client_inbox
+                    .push_back(DriverInput::Read(ReadRequest {
+                        query: Query::Lease {
+                            action: LeaseAction::KeepAlive(lease),
+                            reply,
+                        },
+                        consistency: Consistency::Linearizable,
+                        deadline,
+                    }));
+                keeper.pending = Some(leases::Pending::KeepAlive {
+                    lease,
+                    reply: rx,
+                    sent_ms: now_ms,
+                    deadline_tick,
+                });
+            }
+        }
+    }
+
+    fn poll_lease_keeper(&mut self) {
+        let now = self.now_tick;
+        let Some(keeper) = self.lease_keeper.as_mut() else {
+            return;
+        };
+        match keeper.pending.as_mut() {
+            None => {}
+            Some(leases::Pending::Write {
+                reply,
+                sent_ms,
+                deadline_tick,
+            }) => {
+                let sent_ms = *sent_ms;
+                match reply.try_recv() {
+                    Ok(Ok(output)) => {
+                        keeper.pending = None;
+                        keeper.write_answered(Some(&output), sent_ms, now);
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) if *deadline_tick > now => {}
+                    Ok(Err(DriverError::Rejected { .. })) => {
+                        keeper.pending = None;
+                        keeper.refused(now);
+                    }
+                    _ => {
+                        keeper.pending = None;
+                        keeper.write_answered(None, sent_ms, now);
+                    }
+                }
+            }
+            Some(leases::Pending::KeepAlive {
+                lease,
+                reply,
+                sent_ms,
+                deadline_tick,
+            }) => {
+                let (lease, sent_ms) = (*lease, *sent_ms);
+                let answer = match reply.try_recv() {
+                    Ok(answer) => Some(answer),
+                    Err(oneshot::error::TryRecvError::Empty) if *deadline_tick > now => return,
+                    Err(_) => None,
+                };
+                keeper.pending = None;
+                keeper.keep_alive_answered(lease, answer, sent_ms, now);
+            }
+        }
+    }
+
+    /// An entry was applied for the first time: a revoke the leader placed
+    /// because a lease expired is checked against the keeper's keep-alives.
+    fn check_lease_expiry(&mut self, entry: &Entry, output: &ApplyOutput) {
+        let now_ms = self.now_ms();
+        let Some(keeper) = self.lease_keeper.as_mut() else {
+            return;
+        };
+        let Entry::Command { id, payload } = entry else {
+            return;
+        };
+        // The leader's own revokes carry a client id with the top bit set.
+        if id.client_id & (1 << 63) == 0 || !output.is_ok() {
+            return;
+        }
+        if let Ok(KvCommand::LeaseRevoke { lease }) = KvCommand::decode(payload) {
+            if let Some(violation) = keeper.revoked(lease, now_ms) {
+                self.checker.violation(violation);
             }
         }
     }
@@ -1819,6 +1997,8 @@ pub enum Bug {
     /// A candidate counts a majority of the membership at its chosen
     /// prefix only, not of the changes it re-proposes (agreement).
     OldConfigQuorum,
+    /// Lease deadlines are half the TTL (lease never early).
+    EarlyLeaseExpiry,
 }
 
 impl SimOptions {
@@ -1876,6 +2056,10 @@ impl SimOptions {
             }
             Some(Bug::SnapshotInstallRace) => {
                 self.driver_bugs.install_snapshot_unchecked = true;
+            }
+            Some(Bug::EarlyLeaseExpiry) => {
+                self.driver_bugs.early_lease_expiry = true;
+                self.leases = true;
             }
             Some(Bug::OldConfigQuorum) => {
                 self.bugs.old_config_quorum_only = true;

@@ -20,6 +20,10 @@ struct Args {
     /// Run a deliberately broken variant, to see the checkers catch it.
     #[arg(long, value_enum)]
     bug: Option<Bug>,
+    /// A client keeps leases alive and lets them go; every expiry is
+    /// checked against its keep-alives (never early).
+    #[arg(long)]
+    leases: bool,
     /// Run every seed with this many replicas instead of the size it draws.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
     nodes: Option<u32>,
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(seed) = args.seed {
         let options = SimOptions::from_seed(seed)
+            .with_leases(args.leases)
             .with_bug(args.bug)
             .with_nodes(args.nodes);
         println!("options: {options:#?}");
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
     for seed in args.start_seed..args.start_seed + args.seeds {
         let report = run_caught(
             SimOptions::from_seed(seed)
+                .with_leases(args.leases)
                 .with_bug(args.bug)
                 .with_nodes(args.nodes),
         );
@@ -82,6 +88,8 @@ fn main() -> ExitCode {
         f.clock_jumps += report.faults.clock_jumps;
         f.membership_changes_placed += report.faults.membership_changes_placed;
         f.membership_epoch += report.faults.membership_epoch;
+        f.lease_keep_alives += report.faults.lease_keep_alives;
+        f.lease_expiries_checked += report.faults.lease_expiries_checked;
         sizes[report.nodes.clamp(1, 5) as usize - 1] += 1;
         if !report.violations.is_empty() {
             eprintln!(
@@ -135,6 +143,12 @@ fn main() -> ExitCode {
         failed.len(),
         started.elapsed().as_secs_f64()
     );
+    if args.leases {
+        println!(
+            "leases: keep-alives answered {}, expiries checked against them {}",
+            f.lease_keep_alives, f.lease_expiries_checked
+        );
+    }
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

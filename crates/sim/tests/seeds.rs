@@ -347,3 +347,35 @@ fn a_recovering_replica_counts_only_the_newest_voters_replies() {
         assert!(report.faults.membership_epoch > 0, "seed {seed}");
     }
 }
+
+/// With a client keeping leases alive and letting them go, no lease is
+/// revoked by expiry before its TTL after the last keep-alive answered
+/// (leader changes, crashes, partitions, stalls and skewed clocks included),
+/// and expiries do happen and are checked.
+#[test]
+fn leases_never_expire_early() {
+    let seeds = if cfg!(debug_assertions) { 60 } else { 200 };
+    let (mut keep_alives, mut checked) = (0, 0);
+    let mut found = Vec::new();
+    for seed in 0..seeds {
+        let report = Simulation::new(SimOptions::from_seed(seed).with_leases(true)).run();
+        keep_alives += report.faults.lease_keep_alives;
+        checked += report.faults.lease_expiries_checked;
+        found.extend(
+            report
+                .violations
+                .iter()
+                .map(|v| format!("seed {seed}: {v}")),
+        );
+    }
+    assert!(found.is_empty(), "violations: {found:#?}");
+    assert!(
+        keep_alives > 10 * seeds && checked > seeds,
+        "keep-alives answered {keep_alives}, expiries checked {checked}"
+    );
+}
+
+#[test]
+fn lease_checker_catches_a_leader_that_expires_leases_early() {
+    assert_caught(Bug::EarlyLeaseExpiry, "lease never early");
+}

@@ -46,6 +46,17 @@ fn stretched(ttl_ms: u64) -> Duration {
 }
 
 impl Driver {
+    /// How long after a keep-alive (or its start as leader) this leader
+    /// lets a lease of `ttl_ms` live.
+    fn lease_lifetime(&self, ttl_ms: u64) -> Duration {
+        if self.bugs.early_lease_expiry {
+            return Duration::from_millis(ttl_ms / 2);
+        }
+        stretched(ttl_ms)
+    }
+}
+
+impl Driver {
     /// Once per turn: as the leader, give every lease a deadline and revoke
     /// the ones that passed it; as anyone else, forget the deadlines.
     pub(super) fn lease_timers(&mut self) {
@@ -73,10 +84,11 @@ impl Driver {
             .revoking
             .retain(|id, _| self.kv.leases().contains_key(id));
         for (id, lease) in self.kv.leases() {
-            clock
+            let lifetime = self.lease_lifetime(lease.ttl_ms);
+            self.lease_clock
                 .deadlines
                 .entry(*id)
-                .or_insert_with(|| now + stretched(lease.ttl_ms));
+                .or_insert_with(|| now + lifetime);
         }
         // A leader that does not hold its lease may have been replaced:
         // keep-alives may be going to the new one, so its deadlines may be
@@ -149,9 +161,8 @@ impl Driver {
                     message: format!("lease {id} expired"),
                 });
             }
-            self.lease_clock
-                .deadlines
-                .insert(id, now + stretched(ttl_ms));
+            let lifetime = self.lease_lifetime(ttl_ms);
+            self.lease_clock.deadlines.insert(id, now + lifetime);
         }
         let remaining_ms = leads
             .then(|| self.lease_clock.deadlines.get(&id))

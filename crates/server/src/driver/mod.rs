@@ -154,7 +154,7 @@ pub struct Driver {
     bugs: DriverBugs,
 }
 
-/// Deliberately broken variants of two driver fixes, for the simulator's
+/// Deliberately broken variants of driver fixes, for the simulator's
 /// checker tests (`paxlog-sim --bug ...`). All off by default; a server
 /// never sets them.
 #[doc(hidden)]
@@ -167,6 +167,9 @@ pub struct DriverBugs {
     /// A received snapshot replaces the store before the core is asked,
     /// and the core's answer is ignored (the old install order).
     pub install_snapshot_unchecked: bool,
+    /// Lease deadlines are half the TTL instead of the TTL stretched by
+    /// the drift bound: leases expire early.
+    pub early_lease_expiry: bool,
 }
 
 /// The driver's outside world (see `io`).
