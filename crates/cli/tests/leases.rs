@@ -90,7 +90,7 @@ fn a_kept_lease_survives_a_leader_change_and_an_expired_one_goes_everywhere_at_o
         assert_eq!(r.status, 200, "replica {i} lost a kept key: {}", r.raw);
     }
     assert!(
-        round_of_command(c.port(new_leader), "LEASE REVOKE").is_none(),
+        round_of_command(c.port(new_leader), "LEASE EXPIRE").is_none(),
         "revoked while kept alive"
     );
 
@@ -99,7 +99,7 @@ fn a_kept_lease_survives_a_leader_change_and_an_expired_one_goes_everywhere_at_o
     keeper.join().unwrap();
     let stopped = Instant::now();
     let revoked = wait_for(LONG, "the revoke", || {
-        round_of_command(c.port(new_leader), "LEASE REVOKE")
+        round_of_command(c.port(new_leader), "LEASE EXPIRE")
     });
     assert!(
         stopped.elapsed() >= Duration::from_millis(1500),
@@ -110,7 +110,7 @@ fn a_kept_lease_survives_a_leader_change_and_an_expired_one_goes_everywhere_at_o
     for i in 0..3 {
         assert_eq!(
             wait_for(LONG, &format!("the revoke on replica {i}"), || {
-                round_of_command(c.port(i), "LEASE REVOKE")
+                round_of_command(c.port(i), "LEASE EXPIRE")
             }),
             revoked,
             "replica {i}"

@@ -1,7 +1,7 @@
 //! Commands carried in log entry payloads, and the stamped request that wraps them.
 
 use bytes::Bytes;
-use paxlog_core::Slot;
+use paxlog_core::{Ballot, Slot};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io;
@@ -53,13 +53,21 @@ pub enum KvCommand {
         value_json: String,
         lease: u64,
     },
-    /// Ends `lease` and deletes its keys, in this round on every replica:
-    /// asked by a client, or placed by the leader when the lease expired.
+    /// Ends `lease` and deletes its keys, in this round on every replica
+    /// (asked by a client).
     LeaseRevoke { lease: u64 },
     /// etcd's transaction (also how etcd's plain Put and DeleteRange are
     /// proposed: a transaction with no compares and one operation).
     /// (Appended last: payloads encode variants by index.)
     Txn(Txn),
+    /// A leader with `ballot` gave every lease a new term: expiries decided
+    /// under a lower ballot are void from here on. A new leader places it
+    /// (and sees it applied) before it takes keep-alives or expires leases.
+    LeasesRenewed { ballot: Ballot },
+    /// `lease` expired, as the leader with `ballot` counted: it ends and its
+    /// keys go, unless a later leader renewed the leases before this
+    /// applies (it may have taken keep-alives since).
+    LeaseExpire { lease: u64, ballot: Ballot },
 }
 
 /// Shortest and longest lease lifetime.
@@ -218,7 +226,9 @@ impl KvCommand {
                 validate_key(key)?;
                 parse_json_value(value_json).map(|_| ())
             }
-            KvCommand::LeaseRevoke { .. } => Ok(()),
+            KvCommand::LeaseRevoke { .. }
+            | KvCommand::LeasesRenewed { .. }
+            | KvCommand::LeaseExpire { .. } => Ok(()),
             KvCommand::Txn(txn) => txn.validate(),
         }
     }
@@ -270,6 +280,10 @@ impl KvCommand {
                 lease,
             } => format!("PUT {} {value_json} lease {lease:x}", quote(key)),
             KvCommand::LeaseRevoke { lease } => format!("LEASE REVOKE {lease:x}"),
+            KvCommand::LeasesRenewed { ballot } => format!("LEASES RENEWED by leader {ballot}"),
+            KvCommand::LeaseExpire { lease, ballot } => {
+                format!("LEASE EXPIRE {lease:x} (leader {ballot})")
+            }
             KvCommand::Txn(txn) => crate::txn::describe(txn),
             KvCommand::RegisterMember {
                 peer_addr,
@@ -290,6 +304,8 @@ impl KvCommand {
             | KvCommand::RegisterMember { .. }
             | KvCommand::LeaseGrant { .. }
             | KvCommand::LeaseRevoke { .. }
+            | KvCommand::LeasesRenewed { .. }
+            | KvCommand::LeaseExpire { .. }
             | KvCommand::Txn(_) => None,
             KvCommand::PutLeased { key, .. } => Some(key),
             KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {

@@ -1,6 +1,6 @@
 //! The replicated database: the seed's per-node dict, made deterministic.
 
-use paxlog_core::{Entry, Membership, RequestId, Slot, StateMachine, MAX_NODE_ID};
+use paxlog_core::{Ballot, Entry, Membership, RequestId, Slot, StateMachine, MAX_NODE_ID};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,7 +28,11 @@ pub const DEFAULT_SESSION_EXPIRY_ROUNDS: u64 = 1_000_000;
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// The first byte of every snapshot image.
-pub const SNAPSHOT_VERSION: u8 = 7;
+pub const SNAPSHOT_VERSION: u8 = 8;
+
+/// The image before lease terms: no `lease_ballot`. Still restorable (no
+/// leader has renewed leases then).
+const SNAPSHOT_VERSION_V7: u8 = 7;
 
 /// The image before per-key metadata: entries are (key, value) only.
 /// Still restorable (every key then counts as written once, at the last
@@ -220,6 +224,9 @@ pub struct KvStore {
     key_lease: HashMap<String, u64>,
     /// The id the next lease gets (ids are never reused).
     next_lease_id: u64,
+    /// The highest ballot of a leader that renewed every lease
+    /// (`LeasesRenewed`): an expiry decided under a lower ballot is void.
+    lease_ballot: Ballot,
     /// The keys the entry being applied changed, with their previous
     /// state (not replicated state).
     changed: Vec<Change>,
@@ -247,6 +254,7 @@ impl PartialEq for KvStore {
             && self.ever_members == other.ever_members
             && self.leases == other.leases
             && self.next_lease_id == other.next_lease_id
+            && self.lease_ballot == other.lease_ballot
     }
 }
 
@@ -271,6 +279,7 @@ impl KvStore {
             leases: BTreeMap::new(),
             key_lease: HashMap::new(),
             next_lease_id: 1,
+            lease_ballot: Ballot::ZERO,
             changed: Vec::new(),
             book_version: 0,
             ignore_request_stamps: false,
@@ -501,11 +510,31 @@ impl KvStore {
         Some(lease)
     }
 
+    /// Ends `lease` and deletes its keys.
+    fn revoke(&mut self, lease: u64) -> Result<ApplyResult, ApplyResult> {
+        let Some(gone) = self.leases.remove(&lease) else {
+            return Err(Self::lease_not_found(lease));
+        };
+        let mut deleted = Vec::new();
+        for key in gone.keys {
+            if self.unset(&key).is_some() {
+                deleted.push(Value::from(key));
+            }
+        }
+        Ok(ok_report([("deleted", Value::Array(deleted))]))
+    }
+
     fn lease_not_found(lease: u64) -> ApplyResult {
         ApplyResult::error(
             ErrorKind::LeaseNotFound,
             format!("lease {lease:x} does not exist (never granted, revoked, or expired)"),
         )
+    }
+
+    /// The ballot of the last leader that renewed every lease (see
+    /// [`KvCommand::LeasesRenewed`]).
+    pub fn lease_ballot(&self) -> Ballot {
+        self.lease_ballot
     }
 
     /// Changes whenever the address book or the membership may have (see
@@ -773,18 +802,20 @@ impl KvStore {
                 let previous = self.set_leased(key, value, lease);
                 Ok(previous_report(previous.map(|p| p.value)))
             }
-            KvCommand::LeaseRevoke { lease } => {
-                let Some(gone) = self.leases.remove(&lease) else {
-                    return Err(Self::lease_not_found(lease));
-                };
-                let mut deleted = Vec::new();
-                for key in gone.keys {
-                    if self.unset(&key).is_some() {
-                        deleted.push(Value::from(key));
-                    }
-                }
-                Ok(ok_report([("deleted", Value::Array(deleted))]))
+            KvCommand::LeasesRenewed { ballot } => {
+                self.lease_ballot = self.lease_ballot.max(ballot);
+                Ok(ApplyResult::ok(None))
             }
+            KvCommand::LeaseExpire { lease, ballot } => {
+                // Decided by a leader that a later one has replaced: the
+                // later one gave every lease a new term (and may have
+                // taken keep-alives since), so the expiry is void.
+                if ballot < self.lease_ballot {
+                    return Ok(ok_report([("superseded", Value::Bool(true))]));
+                }
+                self.revoke(lease)
+            }
+            KvCommand::LeaseRevoke { lease } => self.revoke(lease),
             KvCommand::Txn(txn) => self.execute_txn(txn),
             KvCommand::Cas {
                 key,
@@ -989,6 +1020,7 @@ struct SnapshotOut<'a> {
     ever_members: u64,
     leases: Vec<(u64, &'a Lease)>,
     next_lease_id: u64,
+    lease_ballot: Ballot,
 }
 
 #[derive(Deserialize)]
@@ -1002,6 +1034,39 @@ struct SnapshotIn {
     ever_members: u64,
     leases: Vec<(u64, Lease)>,
     next_lease_id: u64,
+    lease_ballot: Ballot,
+}
+
+/// A version 7 image: as version 8 without the lease term.
+#[derive(Deserialize)]
+struct SnapshotInV7 {
+    applied_upto: u64,
+    expired_upto: Option<u64>,
+    entries: Vec<(String, String, KeyMeta)>,
+    sessions: Vec<SnapshotSession>,
+    membership: Option<Membership>,
+    addresses: Vec<(u32, MemberAddress)>,
+    ever_members: u64,
+    leases: Vec<(u64, Lease)>,
+    next_lease_id: u64,
+}
+
+impl SnapshotInV7 {
+    /// No leader has renewed the leases yet.
+    fn upgrade(self) -> SnapshotIn {
+        SnapshotIn {
+            applied_upto: self.applied_upto,
+            expired_upto: self.expired_upto,
+            entries: self.entries,
+            sessions: self.sessions,
+            membership: self.membership,
+            addresses: self.addresses,
+            ever_members: self.ever_members,
+            leases: self.leases,
+            next_lease_id: self.next_lease_id,
+            lease_ballot: Ballot::ZERO,
+        }
+    }
 }
 
 /// A version 6 image: as version 7 without the keys' metadata.
@@ -1022,13 +1087,13 @@ impl SnapshotInV6 {
     /// The history is unknown: every key counts as created by the last
     /// applied round (revision `applied_upto`), the latest it can have been
     /// written (a round not yet applied is a later write's).
-    fn upgrade(self) -> SnapshotIn {
+    fn upgrade(self) -> SnapshotInV7 {
         let meta = KeyMeta {
             create_revision: self.applied_upto,
             mod_revision: self.applied_upto,
             version: 1,
         };
-        SnapshotIn {
+        SnapshotInV7 {
             applied_upto: self.applied_upto,
             expired_upto: self.expired_upto,
             entries: self
@@ -1272,6 +1337,7 @@ impl StateMachine for KvStore {
             ever_members: self.ever_members,
             leases: self.leases.iter().map(|(id, l)| (*id, l)).collect(),
             next_lease_id: self.next_lease_id,
+            lease_ballot: self.lease_ballot,
         };
         let mut out = vec![SNAPSHOT_VERSION];
         // Serialising into a Vec cannot fail.
@@ -1285,10 +1351,15 @@ impl StateMachine for KvStore {
         let (&version, rest) = image.split_first().ok_or_else(|| corrupt("empty image"))?;
         let body = match version {
             SNAPSHOT_VERSION => decode_body::<SnapshotIn>(rest)?,
-            SNAPSHOT_VERSION_V6 => decode_body::<SnapshotInV6>(rest)?.upgrade(),
+            SNAPSHOT_VERSION_V7 => decode_body::<SnapshotInV7>(rest)?.upgrade(),
             // Older images step up one version at a time.
-            SNAPSHOT_VERSION_V5 => decode_body::<SnapshotInV5>(rest)?.upgrade().upgrade(),
+            SNAPSHOT_VERSION_V6 => decode_body::<SnapshotInV6>(rest)?.upgrade().upgrade(),
+            SNAPSHOT_VERSION_V5 => decode_body::<SnapshotInV5>(rest)?
+                .upgrade()
+                .upgrade()
+                .upgrade(),
             SNAPSHOT_VERSION_V4 => decode_body::<SnapshotInV4>(rest)?
+                .upgrade()
                 .upgrade()
                 .upgrade()
                 .upgrade(),
@@ -1296,8 +1367,10 @@ impl StateMachine for KvStore {
                 .upgrade()
                 .upgrade()
                 .upgrade()
+                .upgrade()
                 .upgrade(),
             SNAPSHOT_VERSION_V2 => decode_body::<SnapshotInV2>(rest)?
+                .upgrade()
                 .upgrade()
                 .upgrade()
                 .upgrade()
@@ -1418,6 +1491,7 @@ impl StateMachine for KvStore {
 
         self.db = db;
         self.leases = leases;
+        self.lease_ballot = body.lease_ballot;
         self.key_lease = key_lease;
         self.next_lease_id = body.next_lease_id.max(1);
         self.addresses = addresses;

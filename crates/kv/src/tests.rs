@@ -1250,6 +1250,7 @@ fn restore_rejects_inconsistent_sessions() {
         ever_members: u64,
         leases: Vec<(u64, (u64, Vec<String>))>,
         next_lease_id: u64,
+        lease_ballot: (u64, u32),
     }
     #[derive(serde::Serialize, serde::Deserialize)]
     enum Outcome {
@@ -1952,4 +1953,98 @@ fn leases_number_the_same_everywhere_keep_their_keys_and_take_them_when_revoked(
     };
     assert_eq!(v["lease"], json!(2));
     assert!(KvCommand::LeaseGrant { ttl_ms: 10 }.validate().is_err());
+}
+
+#[test]
+fn an_expiry_decided_before_a_later_leader_renewed_the_leases_is_void() {
+    use paxlog_core::{Ballot, NodeId};
+    let ballot = |counter, node| Ballot {
+        counter,
+        node: NodeId(node),
+    };
+    let mut s = KvStore::default();
+    lease_cmd(&mut s, 1, &KvCommand::LeaseGrant { ttl_ms: 5_000 });
+    lease_cmd(
+        &mut s,
+        2,
+        &KvCommand::PutLeased {
+            key: "a".into(),
+            value_json: "1".into(),
+            lease: 1,
+        },
+    );
+    // Leader 2.1 renews the leases; then leader 8.2 does.
+    lease_cmd(
+        &mut s,
+        3,
+        &KvCommand::LeasesRenewed {
+            ballot: ballot(2, 1),
+        },
+    );
+    lease_cmd(
+        &mut s,
+        4,
+        &KvCommand::LeasesRenewed {
+            ballot: ballot(8, 2),
+        },
+    );
+    assert_eq!(s.lease_ballot(), ballot(8, 2));
+    // An older renewal applied late does not lower it.
+    lease_cmd(
+        &mut s,
+        5,
+        &KvCommand::LeasesRenewed {
+            ballot: ballot(2, 1),
+        },
+    );
+    assert_eq!(s.lease_ballot(), ballot(8, 2));
+    // 2.1's expiry, chosen after 8.2 renewed: void, the key stays.
+    let void = lease_cmd(
+        &mut s,
+        6,
+        &KvCommand::LeaseExpire {
+            lease: 1,
+            ballot: ballot(2, 1),
+        },
+    );
+    let ApplyResult::Ok { value: Some(v) } = &void.result else {
+        panic!("{void:?}")
+    };
+    assert_eq!(v["superseded"], json!(true));
+    assert_eq!(s.get("a"), Some(&json!(1)));
+    assert!(s.changes().is_empty());
+    // The renewing leader's own expiry ends the lease.
+    let expired = lease_cmd(
+        &mut s,
+        7,
+        &KvCommand::LeaseExpire {
+            lease: 1,
+            ballot: ballot(8, 2),
+        },
+    );
+    assert!(expired.is_ok(), "{expired:?}");
+    assert!(s.get("a").is_none());
+    assert!(s.leases().is_empty());
+    // The term survives a snapshot.
+    let mut restored = KvStore::default();
+    restored.restore(&s.snapshot()).unwrap();
+    assert_eq!(restored.lease_ballot(), ballot(8, 2));
+    assert_eq!(restored, s);
+}
+
+#[test]
+fn a_version_7_image_restores_with_no_lease_term() {
+    let mut s = KvStore::default();
+    lease_cmd(&mut s, 1, &KvCommand::LeaseGrant { ttl_ms: 5_000 });
+    // Version 8 appends the term; a zero ballot encodes as two zero bytes,
+    // so without them (and with byte 7 first) it is the version 7 image.
+    let v8 = s.snapshot();
+    assert_eq!(v8[0], 8);
+    assert_eq!(&v8[v8.len() - 2..], &[0, 0]);
+    let mut v7 = v8[..v8.len() - 2].to_vec();
+    v7[0] = 7;
+    let mut restored = KvStore::default();
+    restored.restore(&v7).unwrap();
+    assert_eq!(restored, s);
+    assert_eq!(restored.lease_ballot(), paxlog_core::Ballot::ZERO);
 }

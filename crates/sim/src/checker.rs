@@ -253,11 +253,14 @@ impl Checker {
             None => {
                 if let Entry::Command { id, payload } = entry {
                     let command = KvRequest::decode(payload).ok().map(|r| r.command);
-                    // A leader revokes an expired lease itself, under a
+                    // A leader renews and expires leases itself, under a
                     // client id of its own (the top bit set); the lease
                     // checker judges when.
                     let leaders_revoke = id.client_id & (1 << 63) != 0
-                        && matches!(command, Some(KvCommand::LeaseRevoke { .. }));
+                        && matches!(
+                            command,
+                            Some(KvCommand::LeaseExpire { .. } | KvCommand::LeasesRenewed { .. })
+                        );
                     if !leaders_revoke
                         && (command.is_none() || self.issued.get(id) != command.as_ref())
                     {

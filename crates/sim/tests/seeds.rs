@@ -379,3 +379,15 @@ fn leases_never_expire_early() {
 fn lease_checker_catches_a_leader_that_expires_leases_early() {
     assert_caught(Bug::EarlyLeaseExpiry, "lease never early");
 }
+
+/// The seed that found an old leader's expiry chosen after a new leader
+/// had taken a keep-alive: the old leader placed the revoke, lost its
+/// leadership before it was chosen, and its driver re-proposed it to the
+/// new leader. Expiries now carry the deciding leader's ballot and are
+/// void once a later leader renewed the leases.
+#[test]
+fn an_old_leaders_expiry_chosen_late_does_not_revoke_a_kept_lease() {
+    let report = Simulation::new(SimOptions::from_seed(1280).with_leases(true)).run();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert!(report.faults.lease_expiries_checked > 0);
+}

@@ -906,7 +906,7 @@ fn replicas_applying_the_same_entries_agree_and_snapshots_keep_metadata() {
     // A snapshot keeps every key's metadata and lease exactly.
     let image = a.snapshot();
     assert_eq!(image[0], SNAPSHOT_VERSION);
-    assert_eq!(SNAPSHOT_VERSION, 7);
+    assert_eq!(SNAPSHOT_VERSION, 8);
     let mut restored = KvStore::default();
     restored.restore(&image).unwrap();
     assert_eq!(restored, a);
@@ -954,9 +954,9 @@ fn a_version_6_image_restores_with_every_key_written_once_at_the_last_round() {
     apply(&mut s, &put_cmd("a", json!(2))); // slot 12: revision 13
     assert_eq!(s.meta("a"), meta(12, 13, 2));
     assert_eq!(s.meta("b"), meta(12, 12, 1));
-    // The upgraded state is written as version 7 and reads back.
+    // The upgraded state is written as the current version and reads back.
     let image = s.snapshot();
-    assert_eq!(image[0], 7);
+    assert_eq!(image[0], paxlog_kv_version());
     let mut r = KvStore::default();
     r.restore(&image).unwrap();
     assert_eq!(r, s);
@@ -1026,4 +1026,8 @@ fn restore_refuses_impossible_metadata() {
         );
         assert_eq!(r, s, "{what}");
     }
+}
+
+fn paxlog_kv_version() -> u8 {
+    crate::SNAPSHOT_VERSION
 }

@@ -39,6 +39,8 @@ pub(super) struct LeaseClock {
     deadlines: HashMap<u64, Instant>,
     /// Leases whose revoke this leader has placed.
     revoking: HashMap<u64, Instant>,
+    /// When this leader last placed its `LeasesRenewed`.
+    renewal_placed: Option<Instant>,
 }
 
 fn stretched(ttl_ms: u64) -> Duration {
@@ -92,9 +94,26 @@ impl Driver {
         }
         // A leader that does not hold its lease may have been replaced:
         // keep-alives may be going to the new one, so its deadlines may be
-        // stale; it revokes nothing (a revoke it placed could still be
-        // chosen later, through the next leader's Phase 1).
+        // stale; it revokes nothing.
         if !self.replica.lease_active() {
+            return;
+        }
+        // A revoke an earlier leader placed can still be chosen later
+        // (re-proposed, or found by a Phase 1), after this leader took
+        // keep-alives. So a leader first gives the leases a new term in the
+        // log; the store voids every expiry decided under a lower ballot
+        // once it is applied, and this leader takes keep-alives and expires
+        // leases only after that.
+        let ballot = self.replica.promised();
+        if self.kv.lease_ballot() < ballot {
+            let due = self
+                .lease_clock
+                .renewal_placed
+                .is_none_or(|placed| now.duration_since(placed) > self.reproposal_interval);
+            if due {
+                self.lease_clock.renewal_placed = Some(now);
+                self.place_leader_write(KvCommand::LeasesRenewed { ballot }, now);
+            }
             return;
         }
         let clock = &mut self.lease_clock;
@@ -113,18 +132,24 @@ impl Driver {
         for lease in due {
             self.lease_clock.revoking.insert(lease, now);
             tracing::info!(node = self.cfg.id, lease, "lease expired: revoking it");
-            let (reply, _) = oneshot::channel();
-            let id = RequestId {
-                client_id: self.new_read_id() | (1 << 63),
-                seq: 1,
-            };
-            self.start_write(WriteRequest {
-                command: KvCommand::LeaseRevoke { lease },
-                id,
-                reply,
-                deadline: now + Duration::from_millis(self.cfg.request_timeout_ms),
-            });
+            self.place_leader_write(KvCommand::LeaseExpire { lease, ballot }, now);
         }
+    }
+
+    /// Proposes a command of the leader's own (no client waits for it),
+    /// under a client id with the top bit set, which no client uses.
+    fn place_leader_write(&mut self, command: KvCommand, now: Instant) {
+        let (reply, _) = oneshot::channel();
+        let id = RequestId {
+            client_id: self.new_read_id() | (1 << 63),
+            seq: 1,
+        };
+        self.start_write(WriteRequest {
+            command,
+            id,
+            reply,
+            deadline: now + Duration::from_millis(self.cfg.request_timeout_ms),
+        });
     }
 
     /// Answers a lease query (after its read barrier: every round the
@@ -150,6 +175,13 @@ impl Driver {
             return Err(DriverError::NotLeader {
                 leader: self.replica.leader().map(|n| n.0),
             });
+        }
+        if keep_alive && self.kv.lease_ballot() != self.replica.promised() {
+            // Its `LeasesRenewed` is not applied yet (see `lease_timers`).
+            self.lease_timers();
+            return Err(DriverError::unavailable(
+                "this leader is giving the leases a new term; retry the keep-alive shortly",
+            ));
         }
         // Deadlines exist only once this turn's timers ran as leader.
         self.lease_timers();
