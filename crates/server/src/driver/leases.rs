@@ -14,6 +14,8 @@ use super::*;
 
 /// The clock drift the lease deadlines allow for, as the core's leases do.
 const LEASE_DRIFT_PERCENT: u64 = 10;
+/// Keep-alives waiting for a new leader's lease term, at most.
+const MAX_KEEP_ALIVES_AWAITING_TERM: usize = 4096;
 
 pub enum LeaseAction {
     /// Refresh a lease's deadline (the leader only).
@@ -152,6 +154,50 @@ impl Driver {
         });
     }
 
+    /// Answers a lease query. A keep-alive that reaches a leader whose
+    /// `LeasesRenewed` is not applied yet waits for it (placing it if need
+    /// be), up to the request timeout, so a client's first keep-alive
+    /// after an election (or its first lease) is not refused.
+    pub(super) fn answer_lease(&mut self, action: LeaseAction, reply: Reply<LeaseInfo>) {
+        if let LeaseAction::KeepAlive(id) = action {
+            let leads = self.replica.role() == Role::Leader && self.replica.lease_active();
+            if leads && self.kv.lease_ballot() < self.replica.promised() {
+                self.lease_timers();
+                if self.keep_alives_awaiting_term.len() >= MAX_KEEP_ALIVES_AWAITING_TERM {
+                    let _ = reply.send(Err(DriverError::Busy));
+                    return;
+                }
+                let until = self.clock.now() + Duration::from_millis(self.cfg.request_timeout_ms);
+                self.keep_alives_awaiting_term.push((until, id, reply));
+                return;
+            }
+        }
+        let _ = reply.send(self.lease_request(action));
+    }
+
+    /// Once per turn: the keep-alives that wait for this leader's lease
+    /// term are answered once it is applied (or the leader is no more),
+    /// or refused when their time is up.
+    pub(super) fn serve_keep_alives_awaiting_term(&mut self) {
+        if self.keep_alives_awaiting_term.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let waiting = std::mem::take(&mut self.keep_alives_awaiting_term);
+        for (until, id, reply) in waiting {
+            let leads = self.replica.role() == Role::Leader && self.replica.lease_active();
+            if !leads || self.kv.lease_ballot() >= self.replica.promised() {
+                let _ = reply.send(self.lease_request(LeaseAction::KeepAlive(id)));
+            } else if until <= now {
+                let _ = reply.send(Err(DriverError::unavailable(
+                    "this leader could not give the leases its term in time; retry the keep-alive",
+                )));
+            } else {
+                self.keep_alives_awaiting_term.push((until, id, reply));
+            }
+        }
+    }
+
     /// Answers a lease query (after its read barrier: every round the
     /// leader inherited is applied, so a revoke placed by an earlier leader
     /// is seen). A keep-alive is taken only by a leader that holds its
@@ -177,10 +223,10 @@ impl Driver {
             });
         }
         if keep_alive && self.kv.lease_ballot() != self.replica.promised() {
-            // Its `LeasesRenewed` is not applied yet (see `lease_timers`).
-            self.lease_timers();
+            // Its `LeasesRenewed` is not applied (`answer_lease` waits for
+            // it), or a later leader's is: not a leader to keep alive with.
             return Err(DriverError::unavailable(
-                "this leader is giving the leases a new term; retry the keep-alive shortly",
+                "this leader has not given the leases its term; retry the keep-alive shortly",
             ));
         }
         // Deadlines exist only once this turn's timers ran as leader.

@@ -131,6 +131,9 @@ pub struct Driver {
     watch: watch::WatchHub,
     /// The leader's lease deadlines.
     lease_clock: leases::LeaseClock,
+    /// Keep-alives waiting for this leader's `LeasesRenewed` to apply:
+    /// (until, lease, reply).
+    keep_alives_awaiting_term: Vec<(Instant, u64, Reply<LeaseInfo>)>,
     /// Client addresses peers announced (`Wire::ClientAddress`).
     heard_http: BTreeMap<u32, String>,
     /// gRPC addresses peers announced with theirs.
@@ -217,6 +220,7 @@ impl Driver {
             heard_grpc: BTreeMap::new(),
             watch: watch::WatchHub::new(kv.applied_upto().0),
             lease_clock: Default::default(),
+            keep_alives_awaiting_term: Vec::new(),
             announce_countdown: 0,
             reproposals: VecDeque::new(),
             reproposal_interval,

@@ -110,7 +110,7 @@ impl Driver {
             Query::Fetch { round, reply } => drop(reply.send(Ok(self.fetch(round)))),
             Query::Status { reply } => drop(reply.send(Ok(Box::new(self.status())))),
             Query::Log { from, limit, reply } => drop(reply.send(Ok(self.log_page(from, limit)))),
-            Query::Lease { action, reply } => drop(reply.send(self.lease_request(action))),
+            Query::Lease { action, reply } => self.answer_lease(action, reply),
             Query::Inspect { run } => run(Ok(StoreView {
                 kv: &self.kv,
                 history: &mut self.watch,

@@ -60,6 +60,7 @@ impl Driver {
         }
         self.check_snapshot_transfer(now);
         self.lease_timers();
+        self.serve_keep_alives_awaiting_term();
     }
 
     pub(super) fn expire(&mut self, key: TimeoutKey) {
